@@ -1,0 +1,13 @@
+"""Drive: the resumable level-by-level state machine between a plan and wherever tasks run."""
+
+from qcmb_fractal.drive.driver import LevelProgress, ManyBodyDriver
+from qcmb_fractal.drive.state import ComponentProperties, DriverState, TaskRecord, TaskStatus
+
+__all__ = [
+    "ComponentProperties",
+    "DriverState",
+    "LevelProgress",
+    "ManyBodyDriver",
+    "TaskRecord",
+    "TaskStatus",
+]

@@ -1,0 +1,231 @@
+"""The level-by-level state machine. It hands out fragment calculations and takes results back; it never
+knows where they run, so the local pool, MPI, a QCPortal client and the QCFractal service all share it."""
+
+import logging
+from collections.abc import Iterable, Mapping
+
+from pydantic import BaseModel
+from qcelemental.models.v2 import AtomicResult
+from qcmanybody.models.v2 import ManyBodyResult
+
+from qcmb_fractal.drive.state import ComponentProperties, DriverState, TaskRecord, TaskStatus
+from qcmb_fractal.errors import RunFailed
+from qcmb_fractal.plan import FragmentTask, Plan
+
+logger = logging.getLogger(__name__)
+
+
+class LevelProgress(BaseModel):
+    level: int
+    total: int
+    complete: int = 0
+    running: int = 0
+    error: int = 0
+
+    @property
+    def waiting(self) -> int:
+        return self.total - self.complete - self.running - self.error
+
+
+class ManyBodyDriver:
+    """Drives one many-body expansion.
+
+    ``mode="levels"`` hands out level n only once level n-1 is complete (what a service that wants
+    per-level checkpoints or screening needs); ``mode="eager"`` hands out everything at once, largest
+    first, because no step of a plain MBE needs lower levels' results, and that is fastest.
+    """
+
+    def __init__(self, plan: Plan, state: DriverState | None = None, **settings) -> None:
+        self.plan = plan
+        self.state = state or DriverState(input=plan.input, **settings)
+        unknown = set(self.state.tasks) - set(plan.by_hash)
+        if unknown:
+            raise ValueError(f"state holds {len(unknown)} tasks that are not in this plan; wrong state file?")
+
+    @classmethod
+    def from_state(cls, state: DriverState, plan: Plan | None = None) -> "ManyBodyDriver":
+        return cls(plan or Plan(state.input), state)
+
+    def record(self, task: FragmentTask | str) -> TaskRecord:
+        key = task if isinstance(task, str) else task.hash
+        return self.state.tasks.get(key) or TaskRecord()
+
+    def status(self, task: FragmentTask) -> TaskStatus:
+        return self.record(task).status
+
+    def _set(self, key: str, **changes) -> TaskRecord:
+        rec = self.state.tasks.get(key) or TaskRecord()
+        rec = rec.model_copy(update=changes)
+        self.state.tasks[key] = rec
+        return rec
+
+    def _exhausted(self, task: FragmentTask) -> bool:
+        return self.status(task) is TaskStatus.error
+
+    @property
+    def active_level(self) -> int | None:
+        """Lowest level with unfinished work; in eager mode every level is active at once."""
+        for level in self.plan.levels:
+            if any(self.status(t) is not TaskStatus.complete for t in self.plan.tasks_at(level)):
+                return level
+        return None
+
+    def next_batch(self, limit: int | None = None) -> list[FragmentTask]:
+        """Waiting tasks that may start now, largest first; they are marked running."""
+        if self.state.mode == "levels":
+            level = self.active_level
+            if level is None or any(self._exhausted(t) for t in self.plan.tasks_at(level)):
+                return []
+            candidates = self.plan.tasks_at(level)
+        else:
+            candidates = self.plan.tasks
+        ready = [t for t in candidates if self.status(t) is TaskStatus.waiting]
+        ready.sort(key=lambda t: (-t.cost, t.hash))
+        if limit is not None:
+            ready = ready[:limit]
+        for t in ready:
+            self._set(t.hash, status=TaskStatus.running)
+        return ready
+
+    def record_result(
+        self,
+        key: str,
+        properties: ComponentProperties,
+        *,
+        worker: str | None = None,
+        wall_time: float | None = None,
+        reference: str | None = None,
+    ) -> None:
+        if key not in self.plan.by_hash:
+            raise KeyError(f"no task {key} in this plan")
+        self._set(
+            key,
+            status=TaskStatus.complete,
+            properties=properties,
+            error=None,
+            worker=worker,
+            wall_time=wall_time,
+            reference=reference,
+        )
+
+    def record_failure(self, key: str, error: str, *, worker: str | None = None) -> bool:
+        """Count a failed attempt; returns True when the task goes back to the queue for another try."""
+        rec = self.record(key)
+        attempts = rec.attempts + 1
+        retry = attempts < self.state.max_attempts
+        status = TaskStatus.waiting if retry else TaskStatus.error
+        self._set(key, status=status, attempts=attempts, error=error, worker=worker)
+        task = self.plan.by_hash[key]
+        logger.warning(
+            "%s failed on %s (attempt %d of %d)%s: %s",
+            task.label,
+            worker or "?",
+            attempts,
+            self.state.max_attempts,
+            ", will retry" if retry else "",
+            error.strip().splitlines()[-1] if error.strip() else "no message",
+        )
+        return retry
+
+    def release(self, key: str) -> None:
+        """Give a handed-out task back unrun (e.g. its backend stopped), without counting an attempt."""
+        if self.record(key).status is TaskStatus.running:
+            self._set(key, status=TaskStatus.waiting)
+
+    def reset_errors(self) -> int:
+        """Give failed-for-good tasks a fresh set of attempts (after the user fixed the cause)."""
+        n = 0
+        for key, rec in list(self.state.tasks.items()):
+            if rec.status is TaskStatus.error:
+                self._set(key, status=TaskStatus.waiting, attempts=0)
+                n += 1
+        return n
+
+    @property
+    def complete(self) -> bool:
+        return all(self.status(t) is TaskStatus.complete for t in self.plan.tasks)
+
+    @property
+    def failed(self) -> bool:
+        """No more progress is possible: some task failed for good and nothing else can run."""
+        if any(r.status is TaskStatus.running for r in self.state.tasks.values()):
+            return False
+        errored = any(r.status is TaskStatus.error for r in self.state.tasks.values())
+        return errored and not self._has_waiting_reachable()
+
+    def _has_waiting_reachable(self) -> bool:
+        if self.state.mode == "levels":
+            level = self.active_level
+            tasks = self.plan.tasks_at(level) if level is not None else []
+            if any(self._exhausted(t) for t in tasks):
+                return False
+        else:
+            tasks = self.plan.tasks
+        return any(self.status(t) is TaskStatus.waiting for t in tasks)
+
+    @property
+    def finished(self) -> bool:
+        return self.complete or self.failed
+
+    def progress(self) -> list[LevelProgress]:
+        out = {lvl: LevelProgress(level=lvl, total=0) for lvl in self.plan.levels}
+        for t in self.plan.tasks:
+            lp = out[t.level]
+            lp.total += 1
+            status = self.status(t)
+            if status is TaskStatus.complete:
+                lp.complete += 1
+            elif status is TaskStatus.running:
+                lp.running += 1
+            elif status is TaskStatus.error:
+                lp.error += 1
+        return list(out.values())
+
+    def failures(self) -> dict[str, str]:
+        """Label → last error of every task that failed for good."""
+        return {
+            self.plan.by_hash[k].label: rec.error or "unknown error"
+            for k, rec in self.state.tasks.items()
+            if rec.status is TaskStatus.error
+        }
+
+    def failure_table(self) -> str:
+        rows = [
+            f"  {label}: {err.strip().splitlines()[-1] if err.strip() else err}"
+            for label, err in sorted(self.failures().items())
+        ]
+        return "\n".join(rows)
+
+    def component_properties(self) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        for t in self.plan.tasks:
+            rec = self.record(t)
+            if rec.status is not TaskStatus.complete or rec.properties is None:
+                continue
+            values = rec.properties.as_arrays()
+            for label in t.labels:
+                out[label] = values
+        return out
+
+    def finalize(self, cluster_results: Mapping[str, AtomicResult] | None = None) -> ManyBodyResult:
+        """Run QCManyBody's analysis on the collected results; exactly what its serial computer does."""
+        if not self.complete:
+            failures = self.failures()
+            if failures:
+                raise RunFailed(
+                    f"{len(failures)} fragment calculation(s) failed after {self.state.max_attempts} attempts:\n"
+                    + self.failure_table(),
+                    failures,
+                )
+            raise RuntimeError("finalize() called before every fragment calculation finished")
+        props = self.component_properties()
+        analysis = self.plan.core.analyze(props)
+        analysis["nbody_number"] = len(props)
+        clusters = _expand_labels(self.plan.tasks, cluster_results or {})
+        return self.plan.computer.get_results(external_results=analysis, component_results=clusters)
+
+
+def _expand_labels(
+    tasks: Iterable[FragmentTask], by_hash: Mapping[str, AtomicResult]
+) -> dict[str, AtomicResult]:
+    return {label: by_hash[t.hash] for t in tasks if t.hash in by_hash for label in t.labels}

@@ -1,0 +1,1 @@
+"""One module per backend; each exports ``BACKEND``, a :class:`qcmb_fractal.execute.base.Backend` subclass."""

@@ -1,0 +1,86 @@
+"""The one interface every backend implements, in the spirit of ``concurrent.futures.Executor``.
+
+A backend takes :class:`FragmentTask` objects and returns futures of :class:`TaskOutcome`. Everything
+else (ordering, retries, checkpoints, progress, the final analysis) lives in the runner and the driver,
+so a new backend is one module in ``qcmb_fractal.execute.backends``.
+"""
+
+import abc
+import argparse
+import importlib
+import pkgutil
+from concurrent.futures import Future
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+from qcelemental.models.v2 import AtomicResult
+
+from qcmb_fractal.drive.state import ComponentProperties
+from qcmb_fractal.errors import InputError
+from qcmb_fractal.plan import FragmentTask, Plan
+
+
+class TaskOutcome(BaseModel):
+    """What comes back from running one fragment calculation, wherever it ran."""
+
+    hash: str
+    success: bool
+    properties: ComponentProperties | None = None
+    result: AtomicResult | None = None
+    error: str | None = None
+    worker: str = "?"
+    wall_time: float = 0.0
+    reference: str | None = None
+
+
+class Backend(abc.ABC):
+    """Runs fragment calculations somewhere; knows nothing of the many-body expansion around them."""
+
+    name: ClassVar[str]
+
+    @classmethod
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        """Declare this backend's command-line options."""
+
+    @classmethod
+    def from_arguments(cls, args: argparse.Namespace) -> "Backend":
+        return cls()
+
+    def start(self, plan: Plan) -> None:  # noqa: B027 - optional hook
+        """Prepare for ``plan`` (spawn workers, ship the parent molecule) before the first submit."""
+
+    @property
+    def capacity(self) -> int | None:
+        """How many tasks are worth queueing at once; None means everything (the backend queues)."""
+        return None
+
+    @abc.abstractmethod
+    def submit(self, task: FragmentTask) -> Future:
+        """Start ``task``; the future resolves to a :class:`TaskOutcome` or raises what went wrong."""
+
+    def submit_many(self, tasks: list[FragmentTask]) -> list[Future]:
+        """Submit several tasks; backends that pay per round trip override this to batch."""
+        return [self.submit(t) for t in tasks]
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:  # noqa: B027 - optional hook
+        """Release workers and scratch space."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        self.shutdown(wait=exc_type is None, cancel_futures=exc_type is not None)
+
+
+def backend_modules() -> list[str]:
+    from qcmb_fractal.execute import backends
+
+    return sorted(m.name for m in pkgutil.iter_modules(backends.__path__) if not m.name.startswith("_"))
+
+
+def backend_class(name: str) -> type[Backend]:
+    """Find a backend by name: the module ``qcmb_fractal.execute.backends.<name>`` exports ``BACKEND``."""
+    if name not in backend_modules():
+        raise InputError(f"unknown backend {name!r}; choose one of {', '.join(backend_modules())}.")
+    module = importlib.import_module(f"qcmb_fractal.execute.backends.{name}")
+    return module.BACKEND

@@ -1,0 +1,99 @@
+"""What runs inside a compute process (a local pool worker or an MPI rank).
+
+A worker is set up once per run: it receives the ManyBodyInput, builds its own fragment molecules, and
+pays QCEngine's start-up (~1 s CPU probe) once instead of per task.
+"""
+
+import logging
+import os
+import time
+import traceback
+
+from pydantic import BaseModel
+
+from qcmb_fractal.drive.state import ComponentProperties
+from qcmb_fractal.execute.base import TaskOutcome
+from qcmb_fractal.plan import FragmentBuilder, FragmentTask
+from qcmb_fractal.plan.inputs import manybody_input
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerConfig(BaseModel):
+    """Everything a compute process needs, sent once when it starts."""
+
+    input_json: str
+    ncores: int = 1
+    memory: float | None = None  # GiB per task, QCEngine's unit
+    scratch_directory: str | None = None
+    name: str = "worker"
+
+
+_BUILDER: FragmentBuilder | None = None
+_CONFIG: WorkerConfig | None = None
+
+
+def limit_threads(ncores: int) -> None:
+    """Hold OpenMP/BLAS threads to the task's cores so workers do not fight over the machine."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(ncores)
+    os.environ.setdefault("OMPI_MCA_pml", "ob1")  # halves NWChem's Open MPI start-up
+
+
+def init_worker(config: WorkerConfig) -> None:
+    global _BUILDER, _CONFIG
+    limit_threads(config.ncores)
+    import multiprocessing
+
+    import qcengine
+
+    multiprocessing.current_process().name = config.name
+    _CONFIG = config
+    _BUILDER = FragmentBuilder(manybody_input(__import__("json").loads(config.input_json)))
+    qcengine.get_config(task_config=task_config(config))
+    logger.debug("%s ready (%d cores, %s GiB per task)", config.name, config.ncores, config.memory)
+
+
+def task_config(config: WorkerConfig) -> dict:
+    out: dict = {"ncores": config.ncores, "retries": 0}
+    if config.memory:
+        out["memory"] = config.memory
+    if config.scratch_directory:
+        out["scratch_directory"] = config.scratch_directory
+    return out
+
+
+def run_fragment(task: FragmentTask) -> TaskOutcome:
+    """Build the fragment's AtomicInput and run it through QCEngine; never raises for program errors."""
+    import qcengine
+
+    if _BUILDER is None or _CONFIG is None:
+        raise RuntimeError("worker used before init_worker()")
+    start = time.perf_counter()
+    name = _CONFIG.name
+    try:
+        atomic = _BUILDER.atomic_input(task)
+        result = qcengine.compute(atomic, task.program, raise_error=False, task_config=task_config(_CONFIG))
+    except Exception:  # a harness bug must become a reported failure, not a dead worker
+        return TaskOutcome(
+            hash=task.hash,
+            success=False,
+            error=traceback.format_exc(limit=3),
+            worker=name,
+            wall_time=time.perf_counter() - start,
+        )
+    wall = time.perf_counter() - start
+    if not result.success:
+        err = result.error
+        message = f"{err.error_type}: {err.error_message}" if err else "program reported failure"
+        logger.info("%s failed on %s after %.2f s", task.label, name, wall)
+        return TaskOutcome(hash=task.hash, success=False, error=message, worker=name, wall_time=wall)
+    logger.debug("%s done on %s in %.2f s", task.label, name, wall)
+    return TaskOutcome(
+        hash=task.hash,
+        success=True,
+        properties=ComponentProperties.from_atomic_result(result),
+        result=result,
+        worker=name,
+        wall_time=wall,
+    )
