@@ -225,7 +225,5 @@ class ManyBodyDriver:
         return self.plan.computer.get_results(external_results=analysis, component_results=clusters)
 
 
-def _expand_labels(
-    tasks: Iterable[FragmentTask], by_hash: Mapping[str, AtomicResult]
-) -> dict[str, AtomicResult]:
+def _expand_labels(tasks: Iterable[FragmentTask], by_hash: Mapping[str, AtomicResult]) -> dict[str, AtomicResult]:
     return {label: by_hash[t.hash] for t in tasks if t.hash in by_hash for label in t.labels}

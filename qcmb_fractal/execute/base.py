@@ -46,7 +46,7 @@ class Backend(abc.ABC):
     def from_arguments(cls, args: argparse.Namespace) -> "Backend":
         return cls()
 
-    def start(self, plan: Plan) -> None:  # noqa: B027 - optional hook
+    def start(self, plan: Plan) -> None:
         """Prepare for ``plan`` (spawn workers, ship the parent molecule) before the first submit."""
 
     @property
@@ -62,7 +62,7 @@ class Backend(abc.ABC):
         """Submit several tasks; backends that pay per round trip override this to batch."""
         return [self.submit(t) for t in tasks]
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:  # noqa: B027 - optional hook
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Release workers and scratch space."""
 
     def __enter__(self) -> "Backend":

@@ -47,9 +47,7 @@ class Checkpoint:
             return db
         except sqlite3.DatabaseError as err:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            logger.warning(
-                "checkpoint %s is unreadable (%s); moved to %s, starting afresh", self.path, err, aside
-            )
+            logger.warning("checkpoint %s is unreadable (%s); moved to %s, starting afresh", self.path, err, aside)
             self.path.rename(aside)
             for suffix in ("-wal", "-shm"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)

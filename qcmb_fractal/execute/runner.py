@@ -61,9 +61,7 @@ class Runner:
         self.plan = plan
         self.backend = backend
         self.checkpoint = checkpoint
-        self.driver = ManyBodyDriver(
-            plan, DriverState(input=plan.input, mode=mode, max_attempts=max_attempts)
-        )
+        self.driver = ManyBodyDriver(plan, DriverState(input=plan.input, mode=mode, max_attempts=max_attempts))
         self.progress = progress
         self.reused = 0
         self.failed_attempts = 0
@@ -203,7 +201,5 @@ class Runner:
             level_wall_time=level_wall,
             task_time=dict(sorted(self.task_time.items())),
             worker_busy={k: round(v, 4) for k, v in sorted(self.worker_busy.items())},
-            utilization=round(min(1.0, busy / (workers * wall)), 4)
-            if workers and wall > 0 and busy
-            else None,
+            utilization=round(min(1.0, busy / (workers * wall)), 4) if workers and wall > 0 and busy else None,
         )

@@ -59,8 +59,7 @@ def fill_fragment_charges(mol: dict[str, Any]) -> dict[str, Any]:
     symbols = [str(s).capitalize() for s in mol["symbols"]]
     charges = mol.get("fragment_charges") or [0.0] * nfr
     unpaired_ok = all(
-        (_electron_count(symbols, list(f)) - int(round(c))) % 2 == 0
-        for f, c in zip(frags, charges, strict=True)
+        (_electron_count(symbols, list(f)) - round(c)) % 2 == 0 for f, c in zip(frags, charges, strict=True)
     )
     total_charge = mol.get("molecular_charge")
     total_mult = mol.get("molecular_multiplicity")
@@ -91,13 +90,9 @@ def _check_geometry(mol: dict[str, Any]) -> None:
     flat = [float(x) for x in (geom if not hasattr(geom, "ravel") else geom.ravel())]
     bad = [x for x in flat if not math.isfinite(x)]
     if bad:
-        raise InputError(
-            "molecule geometry holds NaN or infinite coordinates; every coordinate must be a number."
-        )
+        raise InputError("molecule geometry holds NaN or infinite coordinates; every coordinate must be a number.")
     if flat and max(abs(x) for x in flat) > 1.0e5:
-        raise InputError(
-            "molecule geometry has coordinates beyond 1e5 bohr; check the units and the numbers."
-        )
+        raise InputError("molecule geometry has coordinates beyond 1e5 bohr; check the units and the numbers.")
 
 
 def _check_fragments(mol: dict[str, Any]) -> None:
@@ -112,9 +107,7 @@ def _check_fragments(mol: dict[str, Any]) -> None:
     if any(len(f) == 0 for f in frags):
         raise InputError("molecule.fragments has an empty fragment; every fragment needs at least one atom.")
     if len(set(flat)) != len(flat):
-        raise InputError(
-            "molecule.fragments lists an atom in more than one fragment; fragments must not overlap."
-        )
+        raise InputError("molecule.fragments lists an atom in more than one fragment; fragments must not overlap.")
     if sorted(flat) != list(range(natom)):
         missing = sorted(set(range(natom)) - set(flat))
         extra = sorted(set(flat) - set(range(natom)))
@@ -134,17 +127,13 @@ def _check_specification(inp: ManyBodyInput) -> None:
     kw = spec.keywords
     nfr = len(inp.molecule.fragments)
     if kw.embedding_charges:
-        raise InputError(
-            "embedding_charges are experimental in QCManyBody and not supported by qcmb-fractal."
-        )
+        raise InputError("embedding_charges are experimental in QCManyBody and not supported by qcmb-fractal.")
     if kw.max_nbody is not None and not 1 <= kw.max_nbody <= nfr:
         raise InputError(f"max_nbody={kw.max_nbody} must lie between 1 and the number of fragments ({nfr}).")
     levels = kw.levels or {}
     for nb in levels:
         if nb != "supersystem" and not 1 <= int(nb) <= nfr:
-            raise InputError(
-                f"levels has n-body order {nb}; orders must lie between 1 and {nfr} (the fragments)."
-            )
+            raise InputError(f"levels has n-body order {nb}; orders must lie between 1 and {nfr} (the fragments).")
     for name in levels.values():
         if name not in spec.specification and not (name == "(auto)" and len(spec.specification) == 1):
             raise InputError(
@@ -169,17 +158,13 @@ def manybody_input(data: dict[str, Any] | ManyBodyInput) -> ManyBodyInput:
     if isinstance(data, ManyBodyInput):
         data = data.model_dump()
     if not isinstance(data, dict):
-        raise InputError(
-            "the input must be a mapping with 'molecule' and 'specification' keys (QCSchema v2)."
-        )
+        raise InputError("the input must be a mapping with 'molecule' and 'specification' keys (QCSchema v2).")
     data = dict(data)
     mol = data.get("molecule")
     if isinstance(mol, Molecule):
         mol = mol.model_dump()
     if not isinstance(mol, dict) or "symbols" not in mol:
-        raise InputError(
-            "the input has no molecule (a QCSchema molecule with symbols, geometry and fragments)."
-        )
+        raise InputError("the input has no molecule (a QCSchema molecule with symbols, geometry and fragments).")
     mol = {k: v for k, v in mol.items() if v is not None}
     _check_fragments(mol)
     _check_geometry(mol)
@@ -235,9 +220,7 @@ def parse_plain_molecule(text: str) -> dict[str, Any]:
             symbols.append(words[0].capitalize())
             geometry.extend(xyz)
         else:
-            raise InputError(
-                f"line {lineno}: cannot read {line!r} (want 'Symbol x y z', '--' or 'units ...')."
-            )
+            raise InputError(f"line {lineno}: cannot read {line!r} (want 'Symbol x y z', '--' or 'units ...').")
     mol: dict[str, Any] = {
         "symbols": symbols,
         "geometry": [g * to_bohr for g in geometry],

@@ -67,9 +67,7 @@ class FragmentBuilder:
     def spec_name(self, mc: str) -> str:
         if mc in self.specifications:
             return mc
-        if (
-            len(self.specifications) == 1
-        ):  # levels omitted: QCManyBody calls the sole model chemistry "(auto)"
+        if len(self.specifications) == 1:  # levels omitted: QCManyBody calls the sole model chemistry "(auto)"
             return next(iter(self.specifications))
         raise InputError(f"model chemistry {mc!r} has no entry in specification.specification")
 
@@ -92,9 +90,7 @@ class FragmentBuilder:
 
     def spec_digest(self, mc: str) -> str:
         entry = self.specifications[self.spec_name(mc)]
-        blob = json.dumps(
-            {"program": entry["program"], **entry["specification"]}, sort_keys=True, default=str
-        )
+        blob = json.dumps({"program": entry["program"], **entry["specification"]}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -195,9 +191,7 @@ class Plan:
         return self.builder.atomic_input(task)
 
     def summary(self) -> str:
-        lines = [
-            f"{len(self.tasks)} unique fragment calculations, {len(self.core.molecule.fragments)} fragments"
-        ]
+        lines = [f"{len(self.tasks)} unique fragment calculations, {len(self.core.molecule.fragments)} fragments"]
         for mc, counts in self.counts().items():
             lines.append(f"  model chemistry {mc!r} ({self.builder.program(mc)}): {sum(counts.values())}")
             for level, n in counts.items():

@@ -64,16 +64,10 @@ class LocalBackend(Backend):
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        group.add_argument(
-            "--workers", type=int, help="worker processes (default: what cores and memory allow)"
-        )
-        group.add_argument(
-            "--memory", type=float, help="memory per task in GiB (default: free memory / workers)"
-        )
+        group.add_argument("--workers", type=int, help="worker processes (default: what cores and memory allow)")
+        group.add_argument("--memory", type=float, help="memory per task in GiB (default: free memory / workers)")
         group.add_argument("--cores-per-task", type=int, help="cores per task (default: cores / workers)")
-        group.add_argument(
-            "--scratch", help="parent directory for scratch files (default: the system's temp)"
-        )
+        group.add_argument("--scratch", help="parent directory for scratch files (default: the system's temp)")
         group.add_argument("--timeout", type=float, help="seconds before a single calculation is killed")
 
     @classmethod
@@ -90,9 +84,7 @@ class LocalBackend(Backend):
         self.scratch_parent.mkdir(parents=True, exist_ok=True)
         sweep_stale_scratch(self.scratch_parent)
         check_disk(self.scratch_parent, SCRATCH_PER_TASK_BYTES * self.workers)
-        self.scratch_dir = Path(
-            tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=self.scratch_parent)
-        )
+        self.scratch_dir = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=self.scratch_parent))
         res = self.resources
         logger.info(
             "local backend: %d workers × %d cores, %.2f GiB per task, scratch %s",
