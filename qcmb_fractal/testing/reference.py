@@ -27,6 +27,7 @@ def mbe_input(
     *,
     bsse: list[str],
     driver: str = "energy",
+    protocols: dict[str, str] | None = None,
     **keywords: Any,
 ) -> ManyBodyInput:
     """A validated ManyBodyInput; ``models`` maps a model-chemistry name to (program, method, basis)."""
@@ -36,6 +37,7 @@ def mbe_input(
             "specification": {
                 "driver": driver,
                 "keywords": {"bsse_type": bsse, "levels": dict(levels), **keywords},
+                "protocols": protocols or {},
                 "specification": {
                     name: {"program": program, "model": {"method": method, "basis": basis}, "driver": driver}
                     for name, (program, method, basis) in models.items()
