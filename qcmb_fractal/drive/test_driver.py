@@ -8,11 +8,11 @@ import json
 
 import numpy as np
 import pytest
-from qcelemental.models.v2 import AtomicInput, AtomicResult
 
 from qcmb_fractal.drive import ComponentProperties, DriverState, ManyBodyDriver, TaskStatus
 from qcmb_fractal.errors import RunFailed
 from qcmb_fractal.plan import FragmentTask, Plan
+from qcmb_fractal.testing.fakes import fake_atomic_result
 from qcmb_fractal.testing.molecules import water_cluster
 from qcmb_fractal.testing.reference import NWCHEM_HF, mbe_input
 
@@ -176,22 +176,6 @@ def test_cluster_results_are_expanded_to_every_label() -> None:
     atomic = fake_atomic_result(plan, shared, energy=made_up(shared).energy)
     result = driver.finalize({shared.hash: atomic})
     assert set(result.cluster_results) == set(shared.labels)
-
-
-def fake_atomic_result(plan: Plan, task: FragmentTask, **values: object) -> AtomicResult:
-    """An AtomicResult as a harness would return it, with chosen numbers (for bookkeeping tests only)."""
-    atomic: AtomicInput = plan.atomic_input(task)
-    driver = atomic.specification.driver.value
-    ret = values.pop("return_result", values.get(driver if driver != "energy" else "energy"))
-    props = {f"return_{k}": v for k, v in values.items()} | {"calcinfo_natom": len(atomic.molecule.symbols)}
-    return AtomicResult(
-        input_data=atomic,
-        molecule=atomic.molecule,
-        properties=props,
-        return_result=ret,
-        provenance={"creator": "fake-harness"},
-        success=True,
-    )
 
 
 def test_component_properties_fall_back_to_return_result() -> None:
