@@ -6,7 +6,6 @@ many-body property and every fragment's properties. Real programs only: NWChem H
 so cp and vmfc) and GFN2-xTB (nocp only, it ignores ghosts).
 """
 
-import shutil
 from collections.abc import Callable
 
 import pytest
@@ -16,12 +15,8 @@ from qcmb_fractal.execute import Runner
 from qcmb_fractal.execute.backends.local import LocalBackend
 from qcmb_fractal.plan import Plan
 from qcmb_fractal.testing.molecules import water_cluster, water_trimer
+from qcmb_fractal.testing.programs import needs_nwchem, needs_xtb
 from qcmb_fractal.testing.reference import NWCHEM_HF, XTB_GFN2, assert_same_result, mbe_input, serial_reference
-
-needs_nwchem = pytest.mark.skipif(shutil.which("nwchem") is None, reason="NWChem is not installed (apt nwchem)")
-needs_xtb = pytest.mark.skipif(
-    pytest.importorskip("importlib.util").find_spec("xtb") is None, reason="xtb-python is not installed (pip xtb)"
-)
 
 ALL_BSSE = ["nocp", "cp", "vmfc"]
 HF = {"hf": NWCHEM_HF}
