@@ -21,7 +21,6 @@ import subprocess
 import sys
 import time
 from typing import Any
-from unittest import mock
 
 CASES: dict[str, dict[str, Any]] = {
     "nwchem-w6": {
@@ -74,15 +73,7 @@ def measure_run(name: str, variant: str) -> dict[str, Any]:
         with LocalBackend(2) as backend:
             result = Runner(Plan(inp), backend, progress=False).run()
     elif variant == "serial-1core":
-        import qcengine
-
-        original = qcengine.compute
-
-        def one_core(*args: Any, **kwargs: Any) -> Any:
-            return original(*args, **{**kwargs, "task_config": {**(kwargs.get("task_config") or {}), "ncores": 1}})
-
-        with mock.patch("qcengine.compute", one_core):
-            result = serial_reference(inp)
+        result = serial_reference(inp, ncores=1)
     else:
         result = serial_reference(inp)
     wall = time.perf_counter() - start
@@ -131,7 +122,8 @@ def main() -> None:
         print(json.dumps(measure_planning(*args.plan)))
         return
     extra = ["--quick"] if args.quick else []
-    print(f"{os.cpu_count()} cores; every figure from a fresh process; wall seconds\n")
+    load = os.getloadavg()[0]
+    print(f"{os.cpu_count()} cores, load average {load:.1f} at start; each figure from a fresh process; wall seconds\n")
     header = f"{'case':42} {'tasks':>6} {'serial':>8} {'serial 1c':>9} {'local x2':>8} {'speedup':>8} {'vs 1c':>6}"
     print(header + "  target  max |dE|")
     print("-" * (len(header) + 18))
@@ -153,6 +145,7 @@ def main() -> None:
         f"{plan['peak_mib']:.0f} MiB (of which {plan['baseline_mib']:.0f} MiB before planning); "
         f"targets <= 5 s, < 1024 MiB: {ok}"
     )
+    print(f"load average {os.getloadavg()[0]:.1f} at the end (other processes share these cores)")
 
 
 if __name__ == "__main__":

@@ -48,18 +48,23 @@ def mbe_input(
 
 
 @contextlib.contextmanager
-def derivatives_from_return_result() -> Iterator[None]:
-    """Make QCEngine results carry the driver's derivative in ``properties`` as well as ``return_result``.
+def serial_qcengine(ncores: int | None = None) -> Iterator[None]:
+    """Run QCManyBody's serial computer with two honest adjustments to how it calls QCEngine.
 
-    QCEngine's xtb harness puts a gradient only in ``return_result`` and leaves
-    ``properties.return_gradient`` empty; QCManyBody's serial computer reads only ``properties`` and
-    stops with ``KeyError: 'ret_gradient'``. This copies the same numbers across (nothing is computed
-    or changed), exactly what ``ComponentProperties.from_atomic_result`` does on our side, so the
-    reference stays QCManyBody's own arithmetic. Results that already have the property pass untouched.
+    1. QCEngine's xtb harness puts a gradient only in ``return_result`` and leaves
+       ``properties.return_gradient`` empty; QCManyBody's serial computer reads only ``properties``
+       and stops with ``KeyError: 'ret_gradient'``. The same numbers are copied across (nothing is
+       computed or changed), exactly what ``ComponentProperties.from_atomic_result`` does on our side,
+       so the reference stays QCManyBody's own arithmetic. Results that have the property pass untouched.
+    2. ``ncores``, when given, is passed to every job as ``task_config`` (QCEngine's default is every
+       core; on a shared 2-core machine xtb's OpenMP threads then spin for minutes). It changes speed,
+       not numbers.
     """
     original = qcengine.compute
 
     def compute(*args: Any, **kwargs: Any) -> Any:
+        if ncores is not None:
+            kwargs["task_config"] = {**(kwargs.get("task_config") or {}), "ncores": ncores}
         result = original(*args, **kwargs)
         driver = getattr(getattr(result, "input_data", None), "specification", None)
         driver = getattr(getattr(driver, "driver", None), "value", None)
@@ -74,9 +79,9 @@ def derivatives_from_return_result() -> Iterator[None]:
         yield
 
 
-def serial_reference(inp: ManyBodyInput) -> ManyBodyResult:
-    """QCManyBody's own serial computer on ``inp`` (see :func:`derivatives_from_return_result`)."""
-    with derivatives_from_return_result():
+def serial_reference(inp: ManyBodyInput, *, ncores: int | None = None) -> ManyBodyResult:
+    """QCManyBody's own serial computer on ``inp`` (see :func:`serial_qcengine`)."""
+    with serial_qcengine(ncores):
         return ManyBodyComputer.from_manybodyinput(inp)
 
 
