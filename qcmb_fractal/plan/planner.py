@@ -13,7 +13,7 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from qcelemental import periodictable
 from qcelemental.models.v2 import AtomicInput, Molecule
 from qcmanybody import ManyBodyCore
@@ -22,6 +22,7 @@ from qcmanybody.utils import labeler
 from qcmanybody.v2.computer import ManyBodyComputer
 
 from qcmb_fractal.errors import InputError
+from qcmb_fractal.plan.inputs import pydantic_message
 
 HASH_VERSION = "qcmb-fractal-task-v1"
 
@@ -120,6 +121,8 @@ class Plan:
         self.builder = FragmentBuilder(inp)
         try:
             self.computer = ManyBodyComputer.from_manybodyinput(inp, build_tasks=False)
+        except ValidationError as err:  # QCManyBody's own consistency checks, one line each
+            raise InputError("QCManyBody cannot plan this input:\n" + pydantic_message(err)) from None
         except (ValueError, AssertionError) as err:
             raise InputError(f"QCManyBody cannot plan this input: {err}") from None
         self.core: ManyBodyCore = self.computer.qcmb_core
