@@ -75,7 +75,7 @@ def measure_run(name: str, variant: str) -> dict[str, Any]:
     elif variant == "serial-1core":
         result = serial_reference(inp, ncores=1)
     else:
-        result = serial_reference(inp)
+        result = serial_reference(inp, ncores=None)
     wall = time.perf_counter() - start
     return {"wall": wall, "tasks": ntasks, "energy": float(result.properties.return_energy)}
 

@@ -78,7 +78,7 @@ def case(request: pytest.FixtureRequest) -> tuple[Plan, ManyBodyResult, ManyBody
     plan = Plan(inp)
     with LocalBackend(2) as backend:
         local = Runner(plan, backend, mode=mode, progress=False).run()
-    return plan, local, serial_reference(inp, ncores=1)
+    return plan, local, serial_reference(inp)
 
 
 def test_local_backend_equals_qcmanybody_serial(case: tuple[Plan, ManyBodyResult, ManyBodyResult]) -> None:
