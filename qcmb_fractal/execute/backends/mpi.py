@@ -368,7 +368,8 @@ class _Hub:
             if entry is None:
                 continue
             wall = max(outcome.wall_time, 1e-4)
-            self.mean_task_seconds = wall if self.mean_task_seconds is None else 0.8 * self.mean_task_seconds + 0.2 * wall
+            mean = self.mean_task_seconds
+            self.mean_task_seconds = wall if mean is None else 0.8 * mean + 0.2 * wall
             if not outcome.success:
                 self.failed_on.setdefault(outcome.hash, set()).add(peer.rank)
                 logger.warning("%s failed on %s: %s", entry[0].label, peer.name, (outcome.error or "").strip())
@@ -475,6 +476,7 @@ class _WorkerRank:
             memory=res.memory,
             scratch_directory=str(self.scratch_dir),
             name=self.name,
+            log_level=start.log_level,
         )
         self.timeout = start.timeout
         self.pool = ProcessPool(

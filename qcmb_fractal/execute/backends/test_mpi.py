@@ -8,7 +8,6 @@ import sqlite3
 import subprocess
 import sys
 import sysconfig
-import textwrap
 import time
 from functools import cache
 from pathlib import Path
@@ -29,13 +28,26 @@ WATERS = {
 --\nO 0.012 3.368 -0.098\nH 0.769 3.954 -0.098\nH -0.745 3.954 -0.098""",
 }
 
-DRIVER = """
-import json, logging, sys
+CLI = [sys.executable, "-m", "qcmb_fractal.cli", "-v", "run"]
+
+# Runs again as __mp_main__ in every rank's compute child: there, every calculation on rank 2 fails.
+FAULT_DRIVER = """
+import json, logging, multiprocessing, sys
+import qcengine
 from qcmb_fractal.execute import Checkpoint, Runner
 from qcmb_fractal.execute.backends.mpi import MPIBackend
 from qcmb_fractal.logs import LOG_FORMAT
 from qcmb_fractal.plan import Plan, load_input
-{fault}
+
+_real_compute = qcengine.compute
+
+def fault_compute(*args, **kwargs):
+    if multiprocessing.current_process().name == "mpi-rank-2":
+        raise RuntimeError("fault injected on rank 2")
+    return _real_compute(*args, **kwargs)
+
+qcengine.compute = fault_compute
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     xyz, options, checkpoint, output = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -46,18 +58,6 @@ if __name__ == "__main__":
     with backend:
         result = Runner(plan, backend, checkpoint=Checkpoint(checkpoint), progress=False).run()
     open(output, "w").write(result.model_dump_json())
-"""
-
-# Imported again as __mp_main__ in every rank's compute child: there, every calculation on rank 2 fails.
-FAULT = """
-import multiprocessing
-import qcengine
-_real_compute = qcengine.compute
-def fault_compute(*args, **kwargs):
-    if multiprocessing.current_process().name == "mpi-rank-2":
-        raise RuntimeError("fault injected on rank 2")
-    return _real_compute(*args, **kwargs)
-qcengine.compute = fault_compute
 """
 
 XTB = {"program": "xtb", "method": "gfn2-xtb"}
@@ -72,7 +72,7 @@ def water_cluster(n: int) -> str:
         if len(blocks) == n:
             break
         o = np.array([i, j, k]) * 3.1 + rng.normal(0, 0.2, 3)
-        atoms = [("O", o), ("H", o + [0.757, 0.586, 0.0]), ("H", o + [-0.757, 0.586, 0.0])]
+        atoms = [("O", o), ("H", o + np.array([0.757, 0.586, 0.0])), ("H", o + np.array([-0.757, 0.586, 0.0]))]
         blocks.append("\n".join(f"{s} {x:.6f} {y:.6f} {z:.6f}" for s, (x, y, z) in atoms))
     return "\n--\n".join(blocks)
 
@@ -90,13 +90,25 @@ def mpiexec() -> tuple[str, ...]:
     return (exe, *extra)
 
 
-def launch(tmp_path: Path, ranks: int, xyz: str, options: dict, *, fault: bool = False) -> subprocess.Popen:
-    driver = tmp_path / ("fault_driver.py" if fault else "driver.py")
-    driver.write_text(DRIVER.format(fault=FAULT if fault else ""))
+def launch(tmp_path: Path, ranks: int, xyz: str, options: dict, *extra: str) -> subprocess.Popen:
+    """``mpiexec -n RANKS qcmb-fractal run cluster.xyz --backend mpi``, result in result.json, checkpoint beside."""
+    molecule = tmp_path / "cluster.xyz"
+    molecule.write_text(xyz)
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in options.items() if key != "bsse"]
+    flags += ["--bsse", *options["bsse"]] if "bsse" in options else []
+    cmd = [*mpiexec(), "-n", str(ranks), *CLI, str(molecule), *flags, "--backend", "mpi", "--no-progress"]
+    cmd += ["-o", str(tmp_path / "result.json"), *extra]
+    return subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def launch_fault_driver(tmp_path: Path, ranks: int, xyz: str, options: dict) -> subprocess.Popen:
+    """The Runner API under mpiexec, with every calculation on rank 2 failing (injected in the compute child)."""
+    driver = tmp_path / "fault_driver.py"
+    driver.write_text(FAULT_DRIVER)
     molecule = tmp_path / "cluster.xyz"
     molecule.write_text(xyz)
     cmd = [*mpiexec(), "-n", str(ranks), sys.executable, str(driver), str(molecule), json.dumps(options)]
-    cmd += [str(tmp_path / "run.sqlite"), str(tmp_path / "result.json")]
+    cmd += [str(tmp_path / "result.sqlite"), str(tmp_path / "result.json")]
     return subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -143,14 +155,36 @@ def test_energy_matches_serial_and_every_rank_works(tmp_path):
     assert (stats["tasks"], stats["computed"], stats["reused"], stats["failed_attempts"]) == (14, 14, 0, 0)
     assert set(stats["worker_busy"]) == {"mpi-rank-1", "mpi-rank-2"}
     assert "mpi-rank-0 INFO qcmb_fractal.execute.backends.mpi: mpi backend: 2 worker ranks" in log
+    assert "14 calculations (14 computed, 0 from checkpoint)" in log
+    assert "on 2 mpi workers" in log
 
 
-def test_gradient_matches_serial_on_four_ranks(tmp_path):
-    options = {**XTB, "driver": "gradient"}
+@pytest.mark.parametrize(
+    ("ranks", "path", "message"),
+    [
+        (3, "missing.xyz", "error: cannot read input file missing.xyz"),
+        (1, "cluster.xyz", "error: the mpi backend needs at least 2 MPI ranks"),
+    ],
+)
+def test_bad_setup_is_one_clear_error_and_every_rank_ends(tmp_path, ranks, path, message):
+    (tmp_path / "cluster.xyz").write_text(WATERS[3])
+    cmd = [*mpiexec(), "-n", str(ranks), *CLI, path, "--program", "xtb", "--method", "gfn2-xtb", "--backend", "mpi"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.nwchem
+def test_nwchem_cp_gradient_matches_serial_on_four_ranks(tmp_path):
+    # NWChem, not xtb: QCManyBody's serial computer needs properties.return_gradient, which xtb leaves unset.
+    options = {"program": "nwchem", "method": "hf", "basis": "sto-3g", "bsse": ["cp"], "max_nbody": 2}
+    options["driver"] = "gradient"
     result, _ = finish(launch(tmp_path, 4, WATERS[3], options), tmp_path)
     ref = serial(WATERS[3], options, tmp_path)
-    assert np.asarray(result.return_result).shape == (9, 3)
-    assert np.abs(np.asarray(result.return_result) - np.asarray(ref.return_result)).max() < 1e-8
+    grad, ref_grad = np.ravel(result.return_result), np.ravel(ref.return_result)
+    assert grad.shape == (27,)
+    assert np.abs(grad - ref_grad).max() < 1e-8
     assert result.properties.return_energy == pytest.approx(ref.properties.return_energy, abs=1e-9)
     assert set(result.extras["qcmb_fractal"]["worker_busy"]) <= {"mpi-rank-1", "mpi-rank-2", "mpi-rank-3"}
 
@@ -158,7 +192,7 @@ def test_gradient_matches_serial_on_four_ranks(tmp_path):
 def test_failing_rank_tasks_are_retried_on_another_rank(tmp_path):
     options = {**XTB, "max_nbody": 2}
     xyz = water_cluster(4)
-    result, log = finish(launch(tmp_path, 3, xyz, options, fault=True), tmp_path)
+    result, log = finish(launch_fault_driver(tmp_path, 3, xyz, options), tmp_path)
     ref = serial(xyz, options, tmp_path)
     assert result.return_result == pytest.approx(ref.return_result, abs=1e-9)
     stats = result.extras["qcmb_fractal"]
@@ -172,21 +206,26 @@ def test_failing_rank_tasks_are_retried_on_another_rank(tmp_path):
 @pytest.mark.slow
 def test_killed_rank_ends_run_and_rerun_recomputes_nothing(tmp_path):
     options = {**XTB, "max_nbody": 3}
-    xyz = water_cluster(10)
-    total = 10 + 45 + 120
-    checkpoint = tmp_path / "run.sqlite"
-    proc = launch(tmp_path, 3, xyz, options)
-    while checkpoint_rows(checkpoint) < 20 and proc.poll() is None:
-        time.sleep(0.02)
-    victim = next(p for p in psutil.Process(proc.pid).children(recursive=True) if world_rank(p) == "2")
+    xyz = water_cluster(8)
+    total = 8 + 28 + 56
+    checkpoint = tmp_path / "result.sqlite"
+    proc = launch(tmp_path, 3, xyz, options)  # the checkpoint is result.sqlite, beside the output
+    while checkpoint_rows(checkpoint) < 1 and proc.poll() is None:
+        time.sleep(0.01)
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    victim = next(p for p in tree if world_rank(p) == "2")
     victim.send_signal(signal.SIGKILL)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0, out
     saved = checkpoint_rows(checkpoint)
-    assert 20 <= saved < total
+    assert 1 <= saved < total
+    time.sleep(1)
+    assert [p.pid for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
 
-    result, _ = finish(launch(tmp_path, 3, xyz, options), tmp_path)
+    result, log = finish(launch(tmp_path, 3, xyz, options), tmp_path)
     stats = result.extras["qcmb_fractal"]
     assert (stats["reused"], stats["computed"]) == (saved, total - saved)
+    assert f"{total} calculations ({total - saved} computed, {saved} from checkpoint)" in log
     assert checkpoint_rows(checkpoint) == total
-    assert result.return_result == pytest.approx(serial(xyz, options, tmp_path).return_result, abs=1e-9)
+    # ManyBodyComputer.from_manybodyinput on this input (serial, 92 xtb calls: 8 s here, so not redone each run)
+    assert result.return_result == pytest.approx(0.020886007837972898, abs=1e-9)
