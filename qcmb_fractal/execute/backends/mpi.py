@@ -20,6 +20,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -48,23 +49,25 @@ TARGET_BATCH_SECONDS = 0.25  # work per window: large enough to amortize a round
 MAX_WINDOW = 64
 RESULT_FLUSH_SECONDS = 1.0  # a worker returns what it has at least this often, for progress and checkpoint
 IDLE_POLL_SECONDS = 0.005  # MPICH spins in blocking calls; probing with a short sleep leaves cores to compute
+RELEASE_TIMEOUT_SECONDS = 120  # a worker finishing its current calculation must not hang the job's end forever
 
-# Launcher variables that would make an MPI program started by a calculation (NWChem) join this job.
-LAUNCHER_ENV_PREFIXES = (
-    "PMI_",
-    "PMIX_",
-    "HYDI_",
-    "HYDRA_",
-    "MPI_LOCAL",
-    "OMPI_COMM_WORLD",
-    "OMPI_UNIVERSE",
-    "OMPI_FIRST_RANKS",
-    "OMPI_APP_CTX",
-    "OMPI_FILE_LOCATION",
-    "OMPI_MCA_ess",
-    "OMPI_MCA_orte",
-    "OMPI_MCA_pmix",
-)
+# Variables a launcher (MPICH's Hydra, Open MPI's PRRTE) sets in each rank. A program that a calculation
+# starts (NWChem is itself an MPI program) would otherwise try to join this job or load this job's MPI.
+# Users' own OMPI_MCA_* settings go too: they cannot be told apart from the launcher's.
+LAUNCHER_ENV_PREFIXES = ("PMI_", "PMIX_", "HYDI_", "HYDRA_", "MPI_LOCAL", "OMPI_", "OPAL_", "PRTE_")
+
+
+def launcher_free_environment(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without the launcher's variables, and without the library path Open MPI's launcher prepends."""
+    out = {k: v for k, v in env.items() if not k.startswith(LAUNCHER_ENV_PREFIXES)}
+    prefix = env.get("OPAL_PREFIX")
+    if prefix and "LD_LIBRARY_PATH" in out:
+        kept = [p for p in out["LD_LIBRARY_PATH"].split(os.pathsep) if p and not p.startswith(prefix)]
+        if kept:
+            out["LD_LIBRARY_PATH"] = os.pathsep.join(kept)
+        else:
+            del out["LD_LIBRARY_PATH"]
+    return out
 
 
 class StartMessage(BaseModel):
@@ -103,6 +106,12 @@ def _mpi() -> Any:
 
 def rank_name(rank: int) -> str:
     return f"mpi-rank-{rank}"
+
+
+def is_process_failure(MPI: Any, exc: BaseException) -> bool:
+    """A peer died and the MPI library survived it (Open MPI >= 5 under ``mpiexec --with-ft ulfm``)."""
+    failed = {getattr(MPI, "ERR_PROC_FAILED", None), getattr(MPI, "ERR_PROC_FAILED_PENDING", None)} - {None}
+    return isinstance(exc, MPI.Exception) and exc.Get_error_class() in failed
 
 
 class MPIBackend(Backend):
@@ -278,6 +287,8 @@ class MPIBackend(Backend):
         """Compute what rank 0 hands out until it says stop; returns the process exit code."""
         if self.is_driver:
             raise RuntimeError("rank 0 drives; serve() is for the other ranks")
+        # Ctrl-C reaches every rank; rank 0 alone decides, and stops the workers after saving what finished.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         return _WorkerRank(self).run()
 
 
@@ -285,7 +296,8 @@ class _Peer:
     def __init__(self, ready: ReadyMessage) -> None:
         self.rank = ready.rank
         self.name = ready.name
-        self.alive = True
+        self.alive = True  # False once it stopped (reported a fatal error) or died
+        self.dead = False
         self.outstanding: dict[str, tuple[FragmentTask, Future]] = {}
 
 
@@ -339,16 +351,60 @@ class _Hub:
                 batch.append(task)
             self.queue.extendleft(reversed(skipped))
             if batch:
-                self.sends.append(self.comm.isend(batch, dest=peer.rank, tag=TAG_TASKS))
+                self._send(batch, peer.rank, TAG_TASKS)
                 sent = True
-        self.sends = [r for r in self.sends if not r.Test()]
+        self._reap()
         return sent
+
+    def _send(self, payload: Any, dest: int, tag: int) -> None:
+        try:
+            self.sends.append(self.comm.isend(payload, dest=dest, tag=tag))
+        except self.MPI.Exception as exc:
+            if not is_process_failure(self.MPI, exc):
+                raise
+            self._failures()
+
+    def _reap(self) -> None:
+        """Drop completed sends; a send to a rank that died completes with an error that is dealt with here."""
+        keep = []
+        for request in self.sends:
+            try:
+                if not request.Test():
+                    keep.append(request)
+            except self.MPI.Exception as exc:
+                if not is_process_failure(self.MPI, exc):
+                    raise
+                self._failures()
+        self.sends = keep
+
+    def _probe(self, status: Any) -> Any:
+        """The next message from any rank, None if there is none (or a rank has just been found dead)."""
+        try:
+            return self.comm.improbe(source=self.MPI.ANY_SOURCE, tag=self.MPI.ANY_TAG, status=status)
+        except self.MPI.Exception as exc:
+            if not is_process_failure(self.MPI, exc):
+                raise
+            self._failures()
+            return None
+
+    def _failures(self) -> None:
+        """Take dead ranks out of the run; their calculations fail once and are retried on the others."""
+        group, world = self.comm.Get_failed(), self.comm.Get_group()
+        failed = self.MPI.Group.Translate_ranks(group, list(range(group.Get_size())), world)
+        group.Free()
+        world.Free()
+        self.comm.Ack_failed()
+        for rank in failed:
+            peer = self.peers.get(rank)
+            if peer is not None and not peer.dead:
+                peer.dead = True
+                self._lost(peer, f"{peer.name} died")
 
     def receive(self) -> bool:
         got = False
         status = self.MPI.Status()
         while True:
-            message = self.comm.improbe(source=self.MPI.ANY_SOURCE, tag=self.MPI.ANY_TAG, status=status)
+            message = self._probe(status)
             if message is None:
                 return got
             got = True
@@ -396,21 +452,31 @@ class _Hub:
 
     def release_workers(self, ranks: Any = None) -> None:
         """Tell every worker rank to stop and wait until each has said goodbye, so MPI_Finalize is clean."""
-        ranks = list(self.peers) if ranks is None else list(ranks)
+        ranks = [r for r in (self.peers if ranks is None else ranks) if r not in self.peers or not self.peers[r].dead]
         for dest in ranks:
-            self.sends.append(self.comm.isend(None, dest=dest, tag=TAG_STOP))
+            self._send(None, dest, TAG_STOP)
         waiting = set(ranks)
         status = self.MPI.Status()
+        deadline = time.monotonic() + RELEASE_TIMEOUT_SECONDS
         while waiting:
-            message = self.comm.improbe(source=self.MPI.ANY_SOURCE, tag=self.MPI.ANY_TAG, status=status)
+            waiting -= {r for r, p in self.peers.items() if p.dead}
+            message = self._probe(status)
             if message is None:
+                if time.monotonic() > deadline:
+                    logger.error(
+                        "MPI ranks %s did not stop within %d s; aborting the job",
+                        sorted(waiting),
+                        RELEASE_TIMEOUT_SECONDS,
+                    )
+                    self.comm.Abort(1)
                 time.sleep(IDLE_POLL_SECONDS)
                 continue
             message.recv()  # late results of a cancelled run are dropped
             if status.Get_tag() == TAG_BYE:
                 waiting.discard(status.Get_source())
-        self.MPI.Request.Waitall(self.sends)
-        self.sends = []
+        while self.sends:
+            self._reap()
+            time.sleep(IDLE_POLL_SECONDS if self.sends else 0)
 
 
 class _WorkerRank:
@@ -431,6 +497,16 @@ class _WorkerRank:
         self.timeout: float | None = None
 
     def run(self) -> int:
+        try:
+            return self._serve()
+        except self.MPI.Exception as exc:
+            if not is_process_failure(self.MPI, exc):
+                raise
+            logger.error("%s: rank 0 died, nothing left to work for; stopping", self.name)
+            self._teardown()
+            return 1
+
+    def _serve(self) -> int:
         status = self.MPI.Status()
         message = self._wait(status)
         if status.Get_tag() != TAG_START:
@@ -447,6 +523,8 @@ class _WorkerRank:
             else:
                 self._drain_until_stop(status)
         except Exception as exc:
+            if is_process_failure(self.MPI, exc):
+                raise
             logger.exception("%s failed", self.name)
             self.comm.send(f"{type(exc).__name__}: {exc}", dest=0, tag=TAG_FATAL)
             self._drain_until_stop(status)
@@ -564,9 +642,9 @@ class _WorkerRank:
 
 def init_rank_child(config: WorkerConfig) -> None:
     """Set up a worker rank's compute child, out of the MPI job so programs like NWChem start their own."""
-    for key in list(os.environ):
-        if key.startswith(LAUNCHER_ENV_PREFIXES):
-            del os.environ[key]
+    clean = launcher_free_environment(dict(os.environ))
+    os.environ.clear()
+    os.environ.update(clean)
     init_worker(config)
 
 
