@@ -9,8 +9,13 @@ rank that finishes early simply gets more.
 Each worker rank runs its calculations in one spawned child process (a pebble pool of one), because
 MPI launchers abort the whole job when a rank dies: a segfault, an out-of-memory kill or a timeout in
 a calculation then costs one attempt (retried on another rank) instead of the job. If a rank itself
-dies, the launcher ends the run; rank 0 has committed every finished result to the checkpoint, so
-the same command resumes with nothing recomputed.
+dies, MPICH's and Open MPI's launchers end the run; rank 0 has committed every finished result to the
+checkpoint, so the same command resumes with nothing recomputed. Under Open MPI >= 5 started with
+``mpiexec --with-ft ulfm`` the run instead goes on: the dead rank's calculations move to the others.
+
+Not ``mpi4py.futures``: its workers are fixed before the input is read (the CLI creates the backend
+first), it returns each result in its own round trip, cannot keep a retry off the rank that failed
+it, and does not survive a dead rank.
 """
 
 import argparse
@@ -158,6 +163,7 @@ class MPIBackend(Backend):
         self._thread: threading.Thread | None = None
         self._released = False
         self._error: BaseException | None = None
+        self._hub: _Hub | None = None
         if self.rank == 0:
             # If rank 0 ends before start()/shutdown() (bad input, a crash), the worker ranks still wait
             # for orders; release them so the job ends instead of hanging in MPI_Finalize.
@@ -245,6 +251,7 @@ class MPIBackend(Backend):
     def _communicate(self) -> None:
         """The only place MPI is called while a run is on."""
         hub = self._hub
+        assert hub is not None
         try:
             while not self._stop.is_set():
                 with self._lock:
@@ -271,7 +278,7 @@ class MPIBackend(Backend):
         if self.rank != 0 or self._released:
             return
         self._released = True
-        if self._thread is not None:
+        if self._thread is not None and self._hub is not None:
             if wait and not cancel_futures:
                 while self._thread.is_alive() and self._hub.busy():
                     time.sleep(IDLE_POLL_SECONDS)
@@ -312,6 +319,9 @@ class _Hub:
         self.failed_on: dict[str, set[int]] = {}
         self.sends: list[Any] = []
         self.mean_task_seconds: float | None = None
+        self.task_messages = 0
+        self.result_messages = 0
+        self.results = 0
 
     def busy(self) -> bool:
         return bool(self.queue) or any(p.outstanding for p in self.peers.values())
@@ -352,6 +362,7 @@ class _Hub:
             self.queue.extendleft(reversed(skipped))
             if batch:
                 self._send(batch, peer.rank, TAG_TASKS)
+                self.task_messages += 1
                 sent = True
         self._reap()
         return sent
@@ -419,6 +430,8 @@ class _Hub:
                 self._lost(peer, f"{peer.name} stopped: {payload}")
 
     def _results(self, peer: _Peer, outcomes: list[TaskOutcome]) -> None:
+        self.result_messages += 1
+        self.results += len(outcomes)
         for outcome in outcomes:
             entry = peer.outstanding.pop(outcome.hash, None)
             if entry is None:
@@ -428,7 +441,7 @@ class _Hub:
             self.mean_task_seconds = wall if mean is None else 0.8 * mean + 0.2 * wall
             if not outcome.success:
                 self.failed_on.setdefault(outcome.hash, set()).add(peer.rank)
-                logger.warning("%s failed on %s: %s", entry[0].label, peer.name, (outcome.error or "").strip())
+                logger.debug("%s failed on %s: %s", entry[0].label, peer.name, (outcome.error or "").strip())
             entry[1].set_result(outcome)
 
     def _lost(self, peer: _Peer, why: str) -> None:
@@ -452,6 +465,15 @@ class _Hub:
 
     def release_workers(self, ranks: Any = None) -> None:
         """Tell every worker rank to stop and wait until each has said goodbye, so MPI_Finalize is clean."""
+        if self.results:
+            logger.info(
+                "mpi backend: %d results in %d messages, %d task messages, from %d worker ranks (%d lost)",
+                self.results,
+                self.result_messages,
+                self.task_messages,
+                len(self.peers),
+                sum(p.dead for p in self.peers.values()),
+            )
         ranks = [r for r in (self.peers if ranks is None else ranks) if r not in self.peers or not self.peers[r].dead]
         for dest in ranks:
             self._send(None, dest, TAG_STOP)
