@@ -189,6 +189,10 @@ class MPIBackend(Backend):
 
     @classmethod
     def from_arguments(cls, args: argparse.Namespace) -> "MPIBackend":
+        if getattr(args, "workers", None) is not None:
+            raise InputError(
+                "--workers does not apply to --backend mpi: the workers are the ranks of mpiexec -n N, less one."
+            )
         backend = cls(
             memory=getattr(args, "memory", None),
             cores_per_task=getattr(args, "cores_per_task", None),
@@ -566,7 +570,10 @@ class _WorkerRank:
         logging.getLogger().setLevel(start.log_level)
         node_workers = len([r for r in self.backend.node_ranks if r != 0])
         res = select_resources(node_workers, start.memory, start.cores_per_task)
-        parent = Path(start.scratch) if start.scratch else Path(tempfile.gettempdir())
+        # One folder per host: on a shared --scratch, a pid from another node must not look like a dead run.
+        parent = (
+            Path(start.scratch) if start.scratch else Path(tempfile.gettempdir())
+        ) / f"qcmb-mpi-{socket.gethostname()}"
         parent.mkdir(parents=True, exist_ok=True)
         sweep_stale_scratch(parent)
         self.scratch_dir = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=parent))

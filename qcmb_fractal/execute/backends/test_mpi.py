@@ -169,15 +169,16 @@ def test_energy_matches_serial_and_every_rank_works(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("ranks", "path", "message"),
+    ("ranks", "args", "message"),
     [
-        (3, "missing.xyz", "error: cannot read input file missing.xyz"),
-        (1, "cluster.xyz", "error: the mpi backend needs at least 2 MPI ranks"),
+        (3, ["missing.xyz"], "error: cannot read input file missing.xyz"),
+        (1, ["cluster.xyz"], "error: the mpi backend needs at least 2 MPI ranks"),
+        (3, ["cluster.xyz", "--workers", "2"], "error: --workers does not apply to --backend mpi"),
     ],
 )
-def test_bad_setup_is_one_clear_error_and_every_rank_ends(tmp_path, ranks, path, message):
+def test_bad_setup_is_one_clear_error_and_every_rank_ends(tmp_path, ranks, args, message):
     (tmp_path / "cluster.xyz").write_text(WATERS[3])
-    cmd = [*mpiexec(), "-n", str(ranks), *CLI, path, "--program", "xtb", "--method", "gfn2-xtb", "--backend", "mpi"]
+    cmd = [*mpiexec(), "-n", str(ranks), *CLI, *args, "--program", "xtb", "--method", "gfn2-xtb", "--backend", "mpi"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert message in proc.stderr
