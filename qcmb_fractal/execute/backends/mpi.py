@@ -310,6 +310,14 @@ class _Peer:
         self.alive = True  # False once it stopped (reported a fatal error) or died
         self.dead = False
         self.outstanding: dict[str, tuple[FragmentTask, Future]] = {}
+        self.mean_task_seconds: float | None = None  # this rank's own pace: a straggler must not hoard work
+
+    @property
+    def window(self) -> int:
+        """Tasks to hold: one running, one queued, more if that is less than ~0.25 s of this rank's work."""
+        if self.mean_task_seconds is None:
+            return 2
+        return max(2, min(MAX_WINDOW, 1 + math.ceil(TARGET_BATCH_SECONDS / max(self.mean_task_seconds, 1e-4))))
 
 
 class _Hub:
@@ -322,19 +330,12 @@ class _Hub:
         self.queue: deque[tuple[FragmentTask, Future]] = deque()
         self.failed_on: dict[str, set[int]] = {}
         self.sends: list[Any] = []
-        self.mean_task_seconds: float | None = None
         self.task_messages = 0
         self.result_messages = 0
         self.results = 0
 
     def busy(self) -> bool:
         return bool(self.queue) or any(p.outstanding for p in self.peers.values())
-
-    @property
-    def window(self) -> int:
-        if self.mean_task_seconds is None:
-            return 2
-        return max(2, min(MAX_WINDOW, 1 + math.ceil(TARGET_BATCH_SECONDS / max(self.mean_task_seconds, 1e-4))))
 
     def _avoid(self, task: FragmentTask, peer: _Peer, live: list[_Peer]) -> bool:
         """Send a task that failed on a rank elsewhere, unless it has failed on every live rank."""
@@ -348,10 +349,9 @@ class _Hub:
                 self.fail_all("every MPI worker rank has stopped; see the errors above")
             return False
         sent = False
-        window = self.window
         share = max(1, math.ceil(len(self.queue) / len(live)))
         for peer in sorted(live, key=lambda p: len(p.outstanding)):
-            room = min(window - len(peer.outstanding), share)
+            room = min(peer.window - len(peer.outstanding), share)
             batch: list[FragmentTask] = []
             skipped: list[tuple[FragmentTask, Future]] = []
             while self.queue and len(batch) < room:
@@ -441,8 +441,8 @@ class _Hub:
             if entry is None:
                 continue
             wall = max(outcome.wall_time, 1e-4)
-            mean = self.mean_task_seconds
-            self.mean_task_seconds = wall if mean is None else 0.8 * mean + 0.2 * wall
+            mean = peer.mean_task_seconds
+            peer.mean_task_seconds = wall if mean is None else 0.8 * mean + 0.2 * wall
             if not outcome.success:
                 self.failed_on.setdefault(outcome.hash, set()).add(peer.rank)
                 logger.debug("%s failed on %s: %s", entry[0].label, peer.name, (outcome.error or "").strip())

@@ -31,9 +31,10 @@ WATERS = {
 
 CLI = [sys.executable, "-m", "qcmb_fractal.cli", "-v", "run"]
 
-# Runs again as __mp_main__ in every rank's compute child: there, every calculation on rank 2 fails.
+# Runs again as __mp_main__ in every rank's compute child: there, every calculation on rank 2 fails
+# (QCMB_TEST_FAULT=fail) or takes a second longer (QCMB_TEST_FAULT=slow).
 FAULT_DRIVER = """
-import json, logging, multiprocessing, sys
+import json, logging, multiprocessing, os, sys, time
 import qcengine
 from qcmb_fractal.execute import Checkpoint, Runner
 from qcmb_fractal.execute.backends.mpi import MPIBackend
@@ -44,7 +45,9 @@ _real_compute = qcengine.compute
 
 def fault_compute(*args, **kwargs):
     if multiprocessing.current_process().name == "mpi-rank-2":
-        raise RuntimeError("fault injected on rank 2")
+        if os.environ["QCMB_TEST_FAULT"] == "fail":
+            raise RuntimeError("fault injected on rank 2")
+        time.sleep(1.0)  # "slow": rank 2 is a straggler
     return _real_compute(*args, **kwargs)
 
 qcengine.compute = fault_compute
@@ -110,15 +113,16 @@ def launch(tmp_path: Path, ranks: int, xyz: str, options: dict, launch_flags: tu
     return subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def launch_fault_driver(tmp_path: Path, ranks: int, xyz: str, options: dict) -> subprocess.Popen:
-    """The Runner API under mpiexec, with every calculation on rank 2 failing (injected in the compute child)."""
+def launch_fault_driver(tmp_path: Path, ranks: int, xyz: str, options: dict, fault: str) -> subprocess.Popen:
+    """The Runner API under mpiexec, with a fault injected into rank 2's compute child."""
     driver = tmp_path / "fault_driver.py"
     driver.write_text(FAULT_DRIVER)
     molecule = tmp_path / "cluster.xyz"
     molecule.write_text(xyz)
     cmd = [*mpiexec(), "-n", str(ranks), sys.executable, str(driver), str(molecule), json.dumps(options)]
     cmd += [str(tmp_path / "result.sqlite"), str(tmp_path / "result.json")]
-    return subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {**os.environ, "QCMB_TEST_FAULT": fault}
+    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def finish(proc: subprocess.Popen, tmp_path: Path) -> tuple[ManyBodyResult, str]:
@@ -202,7 +206,7 @@ def test_nwchem_cp_gradient_matches_serial_on_four_ranks(tmp_path):
 def test_failing_rank_tasks_are_retried_on_another_rank(tmp_path):
     options = {**XTB, "max_nbody": 2}
     xyz = water_cluster(4)
-    result, log = finish(launch_fault_driver(tmp_path, 3, xyz, options), tmp_path)
+    result, log = finish(launch_fault_driver(tmp_path, 3, xyz, options, "fail"), tmp_path)
     ref = serial(xyz, options, tmp_path)
     assert result.return_result == pytest.approx(ref.return_result, abs=1e-9)
     stats = result.extras["qcmb_fractal"]
@@ -211,6 +215,18 @@ def test_failing_rank_tasks_are_retried_on_another_rank(tmp_path):
     assert set(stats["worker_busy"]) == {"mpi-rank-1"}  # every success came from the healthy rank
     assert "failed on mpi-rank-2" in log
     assert "RuntimeError: fault injected on rank 2" in log
+
+
+def test_a_straggling_rank_gets_less_work(tmp_path):
+    options = {**XTB, "max_nbody": 2}
+    xyz = water_cluster(4)
+    result, _ = finish(launch_fault_driver(tmp_path, 3, xyz, options, "slow"), tmp_path)
+    with sqlite3.connect(tmp_path / "result.sqlite") as db:
+        done = dict(db.execute("SELECT worker, COUNT(*) FROM results GROUP BY worker").fetchall())
+    # 10 calculations: rank 2 takes over a second each, rank 1 a few ms, so rank 1 takes what rank 2 has not started
+    assert done.get("mpi-rank-1", 0) >= 7, done
+    assert sum(done.values()) == 10
+    assert result.return_result == pytest.approx(serial(xyz, options, tmp_path).return_result, abs=1e-9)
 
 
 @pytest.mark.slow
