@@ -12,6 +12,7 @@ from typing import Any
 import pydantic
 import yaml
 from qcelemental import periodictable
+from qcelemental.exceptions import MoleculeFormatError, NotAnElementError, ValidationError
 from qcelemental.models.v2 import Molecule
 from qcmanybody.models.v2 import ManyBodyInput
 
@@ -173,7 +174,8 @@ def manybody_input(data: dict[str, Any] | ManyBodyInput) -> ManyBodyInput:
         inp = ManyBodyInput(**data)
     except pydantic.ValidationError as err:
         raise InputError("the many-body input is not valid QCSchema:\n" + pydantic_message(err)) from None
-    except (ValueError, TypeError, KeyError) as err:
+    except (ValueError, TypeError, KeyError, ValidationError, NotAnElementError, MoleculeFormatError) as err:
+        # qcelemental's own errors derive from Exception only; they carry the useful chg/mult message
         raise InputError(f"the many-body input is not valid: {err}") from None
     _check_specification(inp)
     return inp
