@@ -97,13 +97,14 @@ class FragmentBuilder:
 def _fragment_digests(mol: Molecule) -> list[str]:
     """Per-fragment content digests; a task hash combines them, so hashing 43k tasks stays cheap."""
     geom = np.asarray(mol.geometry).reshape(-1, 3)
+    masses, real = mol.masses, mol.real  # properties rebuilt on every access: hoisted, or planning is quadratic
     digests = []
     for ifr, atoms in enumerate(mol.fragments):
         atoms = list(atoms)
         record = {
             "symbols": [mol.symbols[i] for i in atoms],
-            "masses": [f"{mol.masses[i]:.6f}" for i in atoms],
-            "real": [bool(mol.real[i]) for i in atoms],
+            "masses": [f"{masses[i]:.6f}" for i in atoms],
+            "real": [bool(real[i]) for i in atoms],
             "geometry": [f"{x:.8f}" for x in geom[atoms].ravel()],
             "charge": f"{mol.fragment_charges[ifr]:.4f}",
             "multiplicity": f"{mol.fragment_multiplicities[ifr]:.4f}",
