@@ -123,7 +123,27 @@ def _check_fragments(mol: dict[str, Any]) -> None:
         )
 
 
+def installed_programs() -> list[str]:
+    import qcengine
+
+    return sorted(qcengine.list_available_programs())
+
+
+def _check_programs(inp: ManyBodyInput) -> None:
+    """A program QCEngine has no harness for can never run anywhere, so it is refused while planning."""
+    import qcengine
+
+    known = set(qcengine.list_all_programs())
+    for name, atomic in inp.specification.specification.items():
+        if atomic.program.lower() not in known:
+            raise InputError(
+                f"program {atomic.program!r} (model chemistry {name!r}) is not a QCEngine program. Installed here: "
+                f"{', '.join(installed_programs()) or 'none'}; QCEngine also knows {', '.join(sorted(known))}."
+            )
+
+
 def _check_specification(inp: ManyBodyInput) -> None:
+    _check_programs(inp)
     spec = inp.specification
     kw = spec.keywords
     nfr = len(inp.molecule.fragments)
