@@ -17,6 +17,7 @@ from qcmanybody.models.v2 import ManyBodyResult
 from qcmb_fractal import __version__
 from qcmb_fractal.errors import InputError, RunFailed
 from qcmb_fractal.logs import LOG_FORMAT
+from qcmb_fractal.plan.planner import MAX_TASKS
 
 logger = logging.getLogger("qcmb_fractal")
 
@@ -36,6 +37,12 @@ def _input_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bsse", nargs="+", choices=["nocp", "cp", "vmfc"], help="BSSE treatments (default nocp)")
     g.add_argument("--max-nbody", type=int, help="highest n-body order (default: all fragments)")
     g.add_argument("--driver", choices=["energy", "gradient", "hessian"], help="default energy")
+    p.add_argument(
+        "--max-tasks",
+        type=int,
+        default=MAX_TASKS,
+        help=f"refuse inputs needing more fragment calculations than this (default {MAX_TASKS:,}; ~10 KB each)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +100,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
 def cmd_plan(args: argparse.Namespace) -> int:
     from qcmb_fractal.plan import Plan, load_input
 
-    plan = Plan(load_input(args.input, **_options(args)))
+    plan = Plan(load_input(args.input, **_options(args)), max_tasks=args.max_tasks)
     if args.json:
         print(json.dumps({"tasks": len(plan.tasks), "counts": plan.counts()}, indent=2))
     else:
@@ -126,7 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.max_attempts < 1:
         raise InputError("--max-attempts must be at least 1.")
     backend = backend_class(args.backend).from_arguments(args)
-    plan = Plan(load_input(args.input, **_options(args)))
+    plan = Plan(load_input(args.input, **_options(args)), max_tasks=args.max_tasks)
     output = Path(args.output) if args.output else Path.cwd() / f"{Path(args.input).stem}.result.json"
     if output.is_dir():
         raise InputError(f"--output {output} is a directory; give a file name such as {output / 'result.json'}.")
