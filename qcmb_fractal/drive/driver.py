@@ -108,11 +108,14 @@ class ManyBodyDriver:
             reference=reference,
         )
 
-    def record_failure(self, key: str, error: str, *, worker: str | None = None) -> bool:
-        """Count a failed attempt; returns True when the task goes back to the queue for another try."""
+    def record_failure(self, key: str, error: str, *, worker: str | None = None, retry: bool = True) -> bool:
+        """Count a failed attempt; returns True when the task goes back to the queue for another try.
+
+        ``retry=False`` fails the task for good at once: the error is in the input, another try gives the same.
+        """
         rec = self.record(key)
         attempts = rec.attempts + 1
-        retry = attempts < self.state.max_attempts
+        retry = retry and attempts < self.state.max_attempts
         status = TaskStatus.waiting if retry else TaskStatus.error
         self._set(key, status=status, attempts=attempts, error=error, worker=worker)
         task = self.plan.by_hash[key]
