@@ -159,16 +159,24 @@ class LocalBackend(Backend):
         )
 
     def _check_level_disk(self, level: int) -> None:
-        """Before a level's first task: is there room for a worker-full of tasks this size?"""
-        if level in self._checked_levels or self.scratch_dir is None:
+        """Room for every worker running a task of this level before the level starts, and for one such
+        task before each later submit (a retry after a disk-full failure stops the run instead of burning
+        attempts). A statvfs call, so cheap enough per task."""
+        if self.scratch_dir is None:
             return
-        check_disk(self.scratch_dir, SCRATCH_PER_TASK_BYTES * level * self.workers)
+        first = level not in self._checked_levels
+        check_disk(self.scratch_dir, SCRATCH_PER_TASK_BYTES * level * (self.workers if first else 1))
         self._checked_levels.add(level)
 
     def submit(self, task: FragmentTask) -> Future:
         if self.pool is None:
             raise RuntimeError("LocalBackend.start() must run before submit()")
         self._check_level_disk(task.level)
+        return self._schedule(task)
+
+    def _schedule(self, task: FragmentTask) -> Future:
+        if self.pool is None:
+            raise RuntimeError("LocalBackend.start() must run before submit()")
         future = self.pool.schedule(run_fragment, args=(task,), timeout=self.timeout)
         future.add_done_callback(_reap_dead_worker)
         return future
@@ -176,7 +184,7 @@ class LocalBackend(Backend):
     def submit_many(self, tasks: list[FragmentTask]) -> list[Future]:
         for level in sorted({t.level for t in tasks}):  # refuse before any of the batch starts
             self._check_level_disk(level)
-        return [self.submit(t) for t in tasks]
+        return [self._schedule(t) for t in tasks]
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         if self.pool is not None:
