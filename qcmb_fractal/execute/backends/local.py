@@ -7,6 +7,7 @@ forked, so no QC library state leaks into them, and they live for the whole run.
 
 import argparse
 import contextlib
+import ctypes
 import logging
 import math
 import multiprocessing
@@ -30,6 +31,7 @@ from qcmb_fractal.plan.inputs import installed_programs
 
 logger = logging.getLogger(__name__)
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 SCRATCH_PREFIX = "qcmb-scratch-"
 SCRATCH_PER_TASK_BYTES = 64 * 2**20  # per running task and n-body level: NWChem HF/sto-3g needs far less
 
@@ -205,11 +207,19 @@ def _die_with_children(signum: int, _frame: object) -> None:
     os._exit(128 + signum)
 
 
+def _term_when_parent_dies() -> None:
+    """Workers live in their own process groups, so a signal to the driver's group no longer reaches them:
+    if the driver dies in any way (SIGKILL, OOM killer, a closed terminal), the kernel sends SIGTERM."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _init_named_worker(config: WorkerConfig) -> None:
     # Own process group: a terminal's Ctrl-C reaches only the driver, which stops workers in order, and
     # the group lets a dying worker's programs be killed with it instead of running on as orphans.
     os.setpgrp()
     signal.signal(signal.SIGTERM, _die_with_children)
+    _term_when_parent_dies()
     apply_worker_limits(config.memory)
     init_worker(config.model_copy(update={"name": f"local-worker-{os.getpid()}"}))
 
