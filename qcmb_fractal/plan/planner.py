@@ -14,6 +14,7 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
+import pydantic
 from pydantic import BaseModel, ConfigDict
 from qcelemental import periodictable
 from qcelemental.models.v2 import AtomicInput, Molecule
@@ -23,6 +24,7 @@ from qcmanybody.utils import labeler
 from qcmanybody.v2.computer import ManyBodyComputer
 
 from qcmb_fractal.errors import InputError
+from qcmb_fractal.plan.inputs import pydantic_message
 
 HASH_VERSION = "qcmb-fractal-task-v1"
 
@@ -162,10 +164,18 @@ class Plan:
         self.builder = FragmentBuilder(inp)
         try:
             self.computer = ManyBodyComputer.from_manybodyinput(inp, build_tasks=False)
+        except pydantic.ValidationError as err:
+            raise InputError(f"QCManyBody cannot plan this input:\n{pydantic_message(err)}") from None
         except (ValueError, AssertionError) as err:
             raise InputError(f"QCManyBody cannot plan this input: {err}") from None
         self.core: ManyBodyCore = self.computer.qcmb_core
         self.tasks: list[FragmentTask] = self._enumerate()
+        if not self.tasks:  # e.g. cp alone at max_nbody 1: QCManyBody returns 0.0 without computing anything
+            kw = inp.specification.keywords
+            raise InputError(
+                f"this input needs no fragment calculations (bsse {[b.value for b in kw.bsse_type]}, max_nbody "
+                f"{kw.max_nbody}), so its only result would be 0.0; raise max_nbody or add 'nocp' to bsse_type."
+            )
         self.by_hash: dict[str, FragmentTask] = {t.hash: t for t in self.tasks}
 
     def _enumerate(self) -> list[FragmentTask]:
