@@ -331,6 +331,8 @@ def load_input(path: str | Path, **options: Any) -> ManyBodyInput:
         text = path.read_text()
     except OSError as err:
         raise InputError(f"cannot read input file {path}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not a text file; give a QCSchema .json/.yaml or a plain molecule file.") from None
     suffix = path.suffix.lower()
     if suffix in (".json", ".yaml", ".yml"):
         try:

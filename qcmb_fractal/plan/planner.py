@@ -151,6 +151,8 @@ class Plan:
     """The deduplicated, hashed task list of one ManyBodyInput, in QCManyBody's own order."""
 
     def __init__(self, inp: ManyBodyInput, *, max_tasks: int = MAX_TASKS) -> None:
+        if max_tasks < 1:
+            raise InputError(f"--max-tasks must be at least 1, not {max_tasks}.")
         estimate = estimate_task_count(inp, stop_above=max_tasks)
         if estimate > max_tasks:
             kw = inp.specification.keywords
