@@ -1,0 +1,1 @@
+"""Shared test molecules and helpers, reused by tests, examples and benchmarks."""
