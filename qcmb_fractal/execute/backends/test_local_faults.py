@@ -20,8 +20,9 @@ from qcmb_fractal.errors import InputError, RunFailed
 from qcmb_fractal.execute import Checkpoint, Runner
 from qcmb_fractal.execute.backends.local import SCRATCH_PREFIX, LocalBackend
 from qcmb_fractal.plan import Plan, plain_input
+from qcmb_fractal.testing.programs import needs_nwchem
 
-pytestmark = pytest.mark.nwchem
+pytestmark = [pytest.mark.nwchem, needs_nwchem]
 
 WATER_DIMER = {
     "symbols": ["O", "H", "H", "O", "H", "H"],
