@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 from qcmanybody.v2.computer import ManyBodyComputer
 
+from qcmb_fractal.errors import InputError
 from qcmb_fractal.execute.backends.local import SCRATCH_PREFIX
 from qcmb_fractal.execute.backends.test_local_faults import install_fault_nwchem, tagged_processes
+from qcmb_fractal.outputs import write_output
 from qcmb_fractal.plan import load_input
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -231,3 +233,18 @@ def test_unwritable_output_and_scratch_are_refused_before_computing(tmp_path, re
         assert done.returncode == 2, done.stderr
         assert message in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "c.sqlite").exists() or job.saved() == 0
+
+
+def test_result_that_cannot_be_written_points_at_the_checkpoint(tmp_path):
+    """The disk fills up just as the result is written: a clear error, no half-written or temporary file."""
+    where = tmp_path / "tiny"
+    where.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+    try:
+        with pytest.raises(InputError, match=r"No space left on device.*kept in .*run\.sqlite"):
+            write_output(where / "result.json", "x" * 2**20, checkpoint=tmp_path / "run.sqlite")
+        assert list(where.iterdir()) == []
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
