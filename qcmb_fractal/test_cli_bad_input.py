@@ -212,7 +212,12 @@ def argvs(draw) -> list[str]:
     return argv
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=500,
+    deadline=None,
+    derandomize=bool(os.environ.get("CI")),
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(argv=argvs())
 def test_any_command_line_ends_cleanly(argv):
     """Any mix of options: runs (up to the worker pool), or exit 2 with one message; never a traceback."""

@@ -90,6 +90,7 @@ def assert_trimer_numbers(output: Path, reference) -> None:
         assert result["properties"][key] == pytest.approx(getattr(reference.properties, key), abs=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.nwchem
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupt_saves_exits_130_and_rerun_finishes(tmp_path, trimer_reference, sig):
@@ -112,6 +113,7 @@ def test_interrupt_saves_exits_130_and_rerun_finishes(tmp_path, trimer_reference
     job.assert_nothing_left()
 
 
+@pytest.mark.slow
 @pytest.mark.nwchem
 def test_driver_sigkilled_alone_takes_its_workers_down(tmp_path, monkeypatch, trimer_reference):
     """The OOM killer picks the driver, not its group: workers and a long calculation must not run on."""
