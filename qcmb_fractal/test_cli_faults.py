@@ -23,6 +23,7 @@ from qcmb_fractal.execute.backends.local import SCRATCH_PREFIX
 from qcmb_fractal.execute.backends.test_local_faults import install_fault_nwchem, tagged_processes
 from qcmb_fractal.outputs import write_output
 from qcmb_fractal.plan import load_input
+from qcmb_fractal.testing.programs import needs_nwchem
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CLI = [sys.executable, "-m", "qcmb_fractal.cli"]
@@ -92,6 +93,7 @@ def assert_trimer_numbers(output: Path, reference) -> None:
 
 @pytest.mark.slow
 @pytest.mark.nwchem
+@needs_nwchem
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupt_saves_exits_130_and_rerun_finishes(tmp_path, trimer_reference, sig):
     """Ctrl-C as a terminal sends it (to the whole foreground group), or a batch system's SIGTERM."""
@@ -115,6 +117,7 @@ def test_interrupt_saves_exits_130_and_rerun_finishes(tmp_path, trimer_reference
 
 @pytest.mark.slow
 @pytest.mark.nwchem
+@needs_nwchem
 def test_driver_sigkilled_alone_takes_its_workers_down(tmp_path, monkeypatch, trimer_reference):
     """The OOM killer picks the driver, not its group: workers and a long calculation must not run on."""
     real_path = os.environ["PATH"]

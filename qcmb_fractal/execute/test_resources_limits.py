@@ -31,6 +31,7 @@ from qcmb_fractal.execute.resources import (
     select_resources,
 )
 from qcmb_fractal.plan import Plan, plain_input
+from qcmb_fractal.testing.programs import needs_nwchem
 
 
 def test_workers_shrink_to_free_memory_with_a_warning(caplog):
@@ -101,6 +102,7 @@ def test_worker_limits_are_set_and_bite():
 
 
 @pytest.mark.nwchem
+@needs_nwchem
 def test_nwchem_and_xtb_run_under_the_tightest_limits(tmp_path):
     """memory=0.5 GiB per task is the smallest default; both programs must be unaffected by its 2 GiB cap."""
     mol = {**WATER_DIMER, "geometry": [x / 0.52917721067 for x in WATER_DIMER["geometry"]]}
@@ -112,6 +114,7 @@ def test_nwchem_and_xtb_run_under_the_tightest_limits(tmp_path):
 
 
 @pytest.mark.nwchem
+@needs_nwchem
 def test_runaway_program_fails_alone_under_the_memory_cap(tmp_path, monkeypatch):
     hog = f"{sys.executable} -c 'bytes(4 << 30)' || {{ echo 'fault_nwchem: hog refused memory' >&2; exit 1; }}"
     shim = install_fault_nwchem(tmp_path, monkeypatch, hog, condition="true")
