@@ -36,9 +36,10 @@ SCRATCH_PREFIX = "qcmb-scratch-"
 SCRATCH_PER_TASK_BYTES = 64 * 2**20  # per running task and n-body level: NWChem HF/sto-3g needs far less
 
 
-def _scratch_tag() -> str:
-    """pid plus host: scratch on a shared filesystem is only ever swept by the host that made it."""
-    return f"{os.getpid()}-{socket.gethostname()}-"
+def scratch_prefix() -> str:
+    """Name prefix of this process's scratch directory: pid plus host, so scratch on a shared filesystem
+    is only ever swept by the host that made it (see sweep_stale_scratch)."""
+    return f"{SCRATCH_PREFIX}{os.getpid()}-{socket.gethostname()}-"
 
 
 def sweep_stale_scratch(parent: Path) -> None:
@@ -123,7 +124,7 @@ class LocalBackend(Backend):
         sweep_stale_scratch(parent)
         check_disk(parent, SCRATCH_PER_TASK_BYTES * self.workers)
         try:
-            return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{_scratch_tag()}", dir=parent))
+            return Path(tempfile.mkdtemp(prefix=scratch_prefix(), dir=parent))
         except OSError as err:
             raise InputError(f"cannot create scratch files under {parent}: {err.strerror}.") from None
 
