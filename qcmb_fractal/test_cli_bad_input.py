@@ -14,11 +14,13 @@ import tempfile
 from pathlib import Path
 from unittest import mock
 
+import psutil
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from qcmb_fractal.cli import main
+from qcmb_fractal.execute.resources import GiB
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 WATER = [("O", 0.0, 0.0, 0.0), ("H", 0.0, 0.757, 0.587), ("H", 0.0, -0.757, 0.587)]
@@ -248,3 +250,11 @@ def _populate(d: Path) -> None:
     (d / "ckpt-dir").mkdir()
     (d / "elsewhere.json").write_text("{}")
     (d / "link.json").symlink_to(d / "elsewhere.json")
+
+
+def test_too_many_workers_for_free_memory_shrink_with_a_visible_warning(files):
+    """64 workers on 3 GiB free: the run goes ahead with what fits and says so on stderr."""
+    with mock.patch.object(psutil, "virtual_memory", return_value=mock.Mock(available=3 * GiB)):
+        code, stderr = call(["run", "water6.xyz", *XTB, "--workers", "64", "--no-checkpoint"], files)
+    assert code == "reached-pool", stderr
+    assert "64 workers × 1.00 GiB do not fit in 3.0 GiB of free memory; using 2 workers" in stderr
