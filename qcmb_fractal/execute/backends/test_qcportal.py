@@ -1,0 +1,207 @@
+"""The QCPortal backend against a real QCFractal server and compute manager running xtb (and NWChem).
+
+Every child calculation costs the manager ~2-3 s, so the clusters are water dimers and trimers.
+One server serves the whole module; each test uses its own geometry or specification, because the
+server deduplicates identical singlepoints across tests just as it does across reruns.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from qcmanybody.v2.computer import ManyBodyComputer
+
+from qcmb_fractal.errors import InputError, RunFailed
+from qcmb_fractal.execute import Checkpoint, Runner
+from qcmb_fractal.execute.backends.local import LocalBackend
+from qcmb_fractal.execute.backends.qcportal import QCPortalBackend, connection_from_options
+from qcmb_fractal.plan import Plan, plain_input
+
+ANGSTROM = 1 / 0.52917721067
+WATER = [("O", (0.0, 0.0, 0.0)), ("H", (0.0, 0.757, 0.587)), ("H", (0.0, -0.757, 0.587))]
+
+
+def water_cluster(offsets: list[tuple[float, float, float]]) -> dict:
+    """Waters displaced by ``offsets`` (Å); distinct offsets give distinct server records."""
+    symbols, geometry, fragments = [], [], []
+    for i, off in enumerate(offsets):
+        fragments.append(list(range(3 * i, 3 * i + 3)))
+        for sym, xyz in WATER:
+            symbols.append(sym)
+            geometry.extend((c + o) * ANGSTROM for c, o in zip(xyz, off, strict=True))
+    return {"symbols": symbols, "geometry": geometry, "fragments": fragments}
+
+
+TRIMER_A = water_cluster([(0, 0, 0), (2.9, 0.1, 0.2), (0.3, 2.8, -0.4)])
+TRIMER_B = water_cluster([(0, 0, 0), (3.0, -0.2, 0.1), (-0.2, 3.1, 0.3)])
+DIMER = water_cluster([(0, 0, 0), (2.95, 0.05, 0.1)])
+
+
+@pytest.fixture(scope="module")
+def server():
+    from qcmb_fractal.testing.fractal import fractal_snowflake
+
+    with fractal_snowflake("qcmb_qcportal_test", plugin=False) as (snowflake, client):
+        yield snowflake.get_uri(), client
+
+
+def backend(uri: str) -> QCPortalBackend:
+    return QCPortalBackend(connection_from_options(uri, environ={}), poll_interval=1.0)
+
+
+def singlepoints(client, plan: Plan) -> list:
+    """The plan's records on the server, found by content (same molecules, same specification)."""
+    spec = plan.atomic_input(plan.tasks[0]).specification
+    records = client.query_singlepoints(
+        program=plan.tasks[0].program,
+        driver=spec.driver.value,
+        method=spec.model.method,
+        include=["molecule", "compute_history"],
+    )
+    return [r for r in records if r.molecule.get_hash() in {_hash(plan, t) for t in plan.tasks}]
+
+
+def _hash(plan: Plan, task) -> str:
+    from qcportal.molecules import Molecule
+
+    return Molecule(**plan.atomic_input(task).molecule.convert_v(1).model_dump()).get_hash()
+
+
+def test_xtb_gradient_matches_local_backend_and_a_second_client_reuses_the_records(server):
+    uri, client = server
+    plan = Plan(plain_input(TRIMER_A, program="xtb", method="gfn2-xtb", driver="gradient"))
+    first = backend(uri)
+    with first:
+        runner = Runner(plan, first, progress=False)
+        result = runner.run()
+    with LocalBackend(1) as local:
+        expected = Runner(plan, local, progress=False).run()
+
+    assert len(plan.tasks) == 7
+    assert (first.inserted, first.existing, first.resets) == (7, 0, 0)
+    assert result.properties.return_energy == pytest.approx(expected.properties.return_energy, abs=1e-9)
+    assert np.abs(np.asarray(result.return_result) - np.asarray(expected.return_result)).max() < 1e-8
+    for name, value in expected.properties.model_dump().items():
+        if isinstance(value, float):
+            assert getattr(result.properties, name) == pytest.approx(value, abs=1e-9), name
+    records = {r.id: r for r in singlepoints(client, plan)}
+    assert len(records) == 7
+    assert {int(runner.driver.state.tasks[t.hash].reference) for t in plan.tasks} == set(records)
+
+    # Another client (another machine) with the same plan: everything is found, nothing is recomputed
+    second = backend(uri)
+    with second:
+        again = Runner(plan, second, progress=False).run()
+    assert (second.inserted, second.existing, second.resets) == (0, 7, 0)
+    assert again.properties.return_energy == result.properties.return_energy
+    assert np.array_equal(np.asarray(again.return_result), np.asarray(result.return_result))
+    assert all(len(r.compute_history) == 1 for r in singlepoints(client, plan))
+
+
+def test_errored_records_are_reset_until_the_attempts_run_out(server):
+    uri, client = server
+    plan = Plan(plain_input(DIMER, program="xtb", method="gfn7-xtb", max_nbody=1))
+    be = backend(uri)
+    with be, pytest.raises(RunFailed) as failed:
+        Runner(plan, be, progress=False, max_attempts=2).run()
+
+    assert len(failed.value.failures) == 2
+    assert all("gfn7-xtb" in error for error in failed.value.failures.values())
+    assert (be.inserted, be.resets) == (2, 2)
+    records = singlepoints(client, plan)
+    assert len(records) == 2
+    assert [len(r.compute_history) for r in records] == [2, 2]  # one reset each, not a second record
+
+
+@pytest.mark.slow
+def test_killed_client_resumes_without_submitting_anything_twice(server, tmp_path):
+    uri, client = server
+    inp = plain_input(TRIMER_B, program="xtb", method="gfn2-xtb")
+    plan = Plan(inp)
+    (tmp_path / "in.json").write_text(inp.model_dump_json())
+    cmd = [sys.executable, "-m", "qcmb_fractal.cli", "-v", "run", "in.json", "--backend", "qcportal"]
+    cmd += ["--server", uri, "--poll-interval", "1", "--no-progress", "-o", "out.json"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not any(r.status == "complete" for r in singlepoints(client, plan)):
+        assert proc.poll() is None and time.monotonic() < deadline, "the client never got a result"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished_before = len(Checkpoint(tmp_path / "out.sqlite"))
+    assert finished_before < len(plan.tasks)
+
+    rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    records = singlepoints(client, plan)
+    assert len(records) == len(plan.tasks) == 7
+    assert all(len(r.compute_history) == 1 for r in records)  # each computed exactly once
+    # The killed client had sent all seven in one batch before the first finished; the rerun only collects
+    assert "0 singlepoints submitted, 7 found already on the server" in rerun.stderr
+
+    from qcmanybody.models.v2 import ManyBodyResult
+
+    result = ManyBodyResult.model_validate_json((tmp_path / "out.json").read_text())
+    reference = ManyBodyComputer.from_manybodyinput(inp)
+    assert result.properties.return_energy == pytest.approx(reference.properties.return_energy, abs=1e-9)
+    assert result.properties.nocp_corrected_interaction_energy_through_3_body == pytest.approx(
+        reference.properties.nocp_corrected_interaction_energy_through_3_body, abs=1e-9
+    )
+
+
+@pytest.mark.nwchem
+def test_nwchem_counterpoise_dimer_matches_qcmanybody_serial(server):
+    uri, client = server
+    inp = plain_input(DIMER, program="nwchem", method="hf", basis="sto-3g", bsse=["cp", "nocp"])
+    plan = Plan(inp)
+    be = backend(uri)
+    with be:
+        result = Runner(plan, be, progress=False).run()
+    reference = ManyBodyComputer.from_manybodyinput(inp)
+    for name in ("cp_corrected_interaction_energy_through_2_body", "nocp_corrected_interaction_energy_through_2_body"):
+        assert getattr(result.properties, name) == pytest.approx(getattr(reference.properties, name), abs=1e-9)
+    ghosted = [r for r in singlepoints(client, plan) if not all(r.molecule.real)]
+    assert len(ghosted) == 2  # the monomers in the dimer basis kept their ghost atoms on the server
+
+
+# ---- credentials: never on the command line, from QCPortal's usual places -------------------------------------
+
+
+def test_password_comes_from_the_environment_and_stays_secret():
+    conn = connection_from_options(
+        "https://qca.example.org", username="alice", environ={"QCPORTAL_PASSWORD": "s3cret"}, interactive=False
+    )
+    assert conn.password is not None and conn.password.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(conn) and "s3cret" not in conn.model_dump_json()
+
+
+def test_username_without_password_off_a_terminal_is_an_input_error():
+    with pytest.raises(InputError, match="QCPORTAL_PASSWORD"):
+        connection_from_options("https://qca.example.org", username="alice", environ={}, interactive=False)
+
+
+def test_address_and_token_from_the_environment():
+    env = {"QCPORTAL_ADDRESS": "https://qca.example.org", "QCPORTAL_API_TOKEN": "qcp_x"}
+    conn = connection_from_options(None, environ=env, config_file=None)
+    assert conn.address == "https://qca.example.org" and conn.api_token is not None
+
+
+def test_server_name_picks_an_entry_of_the_qcportal_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "qcportal_config.yaml").write_text("mine:\n  address: http://localhost:1\n")
+    assert connection_from_options("mine", environ={}).config_file == str(tmp_path / "qcportal_config.yaml")
+    with pytest.raises(InputError, match="--username"):
+        connection_from_options("mine", username="bob", environ={})
+
+
+def test_no_server_anywhere_is_an_input_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(InputError, match="--server"):
+        connection_from_options(None, environ={})
