@@ -186,6 +186,8 @@ def record_to_result(record: Any, atomic: AtomicInput, program: str) -> AtomicRe
     return_result = stored.pop("return_result", None)
     known = set(AtomicProperties.model_fields) - {"schema_name"}
     properties = {k: v for k, v in stored.items() if k in known and v is not None}
+    if "return_gradient" in properties or "return_hessian" in properties:  # arrays are validated against it
+        properties.setdefault("calcinfo_natom", len(atomic.molecule.symbols))
     extra = {k: v for k, v in stored.items() if k not in known}
     history = record.compute_history_[-1] if record.compute_history_ else None
     prov = history.provenance if history is not None and history.provenance is not None else None

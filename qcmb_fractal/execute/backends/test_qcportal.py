@@ -5,20 +5,23 @@ One server serves the whole module; each test uses its own geometry or specifica
 server deduplicates identical singlepoints across tests just as it does across reruns.
 """
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from qcmanybody.v2.computer import ManyBodyComputer
 
+from qcmb_fractal.drive.state import ComponentProperties
 from qcmb_fractal.errors import InputError, RunFailed
 from qcmb_fractal.execute import Checkpoint, Runner
 from qcmb_fractal.execute.backends.local import LocalBackend
-from qcmb_fractal.execute.backends.qcportal import QCPortalBackend, connection_from_options
+from qcmb_fractal.execute.backends.qcportal import QCPortalBackend, connection_from_options, record_to_result
 from qcmb_fractal.plan import Plan, plain_input
 
 ANGSTROM = 1 / 0.52917721067
@@ -205,3 +208,56 @@ def test_no_server_anywhere_is_an_input_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     with pytest.raises(InputError, match="--server"):
         connection_from_options(None, environ={})
+
+
+# ---- what the server stores reads back as the local backend reads it ------------------------------------------
+
+
+def stored_like_qcfractal(result) -> SimpleNamespace:
+    """A complete record as QCFractal keeps it: the manager's v1 result through the server's own storage code."""
+    from qcelemental.models import QCEL_V1V2_SHIM_CODE
+    from qcfractal.components.record_utils import build_extras_properties
+    from qcportal.qcschema_v1 import AtomicResult
+
+    sent = json.dumps(result.convert_v(QCEL_V1V2_SHIM_CODE).model_dump(mode="json"))  # qcengine_compute.py
+    extras, properties = build_extras_properties(AtomicResult(**json.loads(sent)))
+    properties = json.loads(json.dumps(properties))  # PostgreSQL JSON column
+    return SimpleNamespace(id=1, properties=properties, extras=extras, compute_history_=None)
+
+
+def test_xtb_gradient_record_reads_back_exactly_as_the_local_result():
+    import qcengine
+
+    plan = Plan(plain_input(DIMER, program="xtb", method="gfn2-xtb", driver="gradient"))
+    task = plan.tasks[-1]
+    local = qcengine.compute(plan.atomic_input(task), "xtb", raise_error=True)
+    assert local.properties.return_gradient is None  # xtb puts the gradient only in return_result
+
+    rebuilt = record_to_result(stored_like_qcfractal(local), plan.atomic_input(task), "xtb")
+    assert ComponentProperties.from_atomic_result(rebuilt) == ComponentProperties.from_atomic_result(local)
+    assert np.asarray(rebuilt.return_result).shape == (6, 3)
+
+
+def test_hessian_record_reads_back_with_its_shapes():
+    from qcelemental.models.v2 import AtomicProperties, AtomicResult, Provenance
+
+    plan = Plan(plain_input(DIMER, program="nwchem", method="hf", basis="sto-3g", driver="hessian"))
+    task = plan.tasks[0]
+    atomic = plan.atomic_input(task)
+    rng = np.random.default_rng(7)
+    hessian, gradient = rng.normal(size=(9, 9)), rng.normal(size=(3, 3))
+    local = AtomicResult(
+        input_data=atomic,
+        molecule=atomic.molecule,
+        properties=AtomicProperties(
+            calcinfo_natom=3, return_energy=-74.96, return_gradient=gradient, return_hessian=hessian
+        ),
+        return_result=hessian,
+        success=True,
+        provenance=Provenance(creator="NWChem", version="7", routine="nwchem"),
+    )
+    record = stored_like_qcfractal(local)
+    del record.properties["calcinfo_natom"]  # not every harness reports it
+    rebuilt = ComponentProperties.from_atomic_result(record_to_result(record, atomic, "nwchem"))
+    assert rebuilt == ComponentProperties.from_atomic_result(local)
+    assert np.array_equal(rebuilt.as_arrays()["hessian"], hessian)
