@@ -61,6 +61,8 @@ class Connection(BaseModel):
     def connect(self) -> Any:
         """A connected PortalClient; a refused login or an unreachable server becomes an InputError."""
         from qcportal import PortalClient
+        from qcportal.client_base import PortalRequestError
+        from qcportal.exceptions import AuthenticationFailure, AuthorizationFailure
 
         try:
             if self.config_file is not None:
@@ -73,16 +75,13 @@ class Connection(BaseModel):
                 verify=self.verify,
                 show_motd=False,
             )
-        except (OSError, KeyError, RuntimeError, ValueError) as err:
-            # ConnectionRefusedError is an OSError; a rejected login is a PortalRequestError (an Exception)
-            raise InputError(f"cannot connect to the QCFractal server {self.describe()}: {err}") from None
-        except Exception as err:
-            if type(err).__name__ != "PortalRequestError":
-                raise
+        except (AuthenticationFailure, AuthorizationFailure, PortalRequestError) as err:
             raise InputError(
-                f"the QCFractal server {self.describe()} refused the connection: {err}. Check the user name and "
-                f"the password in ${PASSWORD_ENV} (or ${API_TOKEN_ENV}, or your qcportal_config.yaml)."
+                f"the QCFractal server {self.describe()} refused the login: {err}. Check the user name and the "
+                f"password in ${PASSWORD_ENV} (or ${API_TOKEN_ENV}, or the entry in qcportal_config.yaml)."
             ) from None
+        except (OSError, KeyError, RuntimeError, ValueError) as err:  # unreachable (ConnectionRefusedError), bad file
+            raise InputError(f"cannot connect to the QCFractal server {self.describe()}: {err}") from None
 
 
 def find_config_file(path: str | None) -> str | None:

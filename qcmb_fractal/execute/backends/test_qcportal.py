@@ -44,16 +44,54 @@ TRIMER_B = water_cluster([(0, 0, 0), (3.0, -0.2, 0.1), (-0.2, 3.1, 0.3)])
 DIMER = water_cluster([(0, 0, 0), (2.95, 0.05, 0.1)])
 
 
+SUBMITTER, PASSWORD = "qcmb_submitter", "submitter-password-123"
+
+
 @pytest.fixture(scope="module")
 def server():
-    from qcmb_fractal.testing.fractal import fractal_snowflake
+    """A secured server, as a public QCArchive one is: users log in, the manager has its own account.
 
-    with fractal_snowflake("qcmb_qcportal_test", plugin=False) as (snowflake, client):
-        yield snowflake.get_uri(), client
+    Built from the shared fixture's pieces because users must exist before the manager starts.
+    """
+    from qcfractal.db_socket import SQLAlchemySocket
+    from qcfractal.snowflake import FractalSnowflake
+    from qcportal import PortalClient
+    from qcportal.auth import UserInfo
+
+    from qcmb_fractal.testing.fractal import drop_database, fresh_database
+
+    name = "qcmb_qcportal_test"
+    snowflake = FractalSnowflake(
+        start=False,
+        compute_workers=2,
+        database_config=fresh_database(name, plugin=False),
+        extra_config={"enable_security": True, "allow_unauthenticated_read": False, "loglevel": "WARNING"},
+    )
+    socket = SQLAlchemySocket(snowflake._qcf_config)
+    for user, role, password in [
+        ("qcmb_admin", "admin", "admin-password-123"),
+        (SUBMITTER, "submit", PASSWORD),
+        ("qcmb_manager", "compute", "manager-password-123"),
+    ]:
+        socket.users.add(UserInfo(username=user, role=role, enabled=True), password)
+    token, _ = socket.auth.create_api_token(SUBMITTER, "qcmb-test")
+    socket.engine.dispose()
+    snowflake._compute_config.server.username = "qcmb_manager"
+    snowflake._compute_config.server.password = "manager-password-123"
+    snowflake._compute_config.update_frequency = 1
+    snowflake.start()
+    try:
+        uri = snowflake.get_uri()
+        yield uri, PortalClient(uri, "qcmb_admin", "admin-password-123", show_motd=False), token
+    finally:
+        snowflake._stop_compute()  # before the API, so the manager can say goodbye
+        snowflake.stop()
+        drop_database(name)
 
 
 def backend(uri: str) -> QCPortalBackend:
-    return QCPortalBackend(connection_from_options(uri, environ={}), poll_interval=1.0)
+    env = {"QCPORTAL_PASSWORD": PASSWORD}
+    return QCPortalBackend(connection_from_options(uri, username=SUBMITTER, environ=env), poll_interval=1.0)
 
 
 def singlepoints(client, plan: Plan) -> list:
@@ -75,7 +113,7 @@ def _hash(plan: Plan, task) -> str:
 
 
 def test_xtb_gradient_matches_local_backend_and_a_second_client_reuses_the_records(server):
-    uri, client = server
+    uri, client, _ = server
     plan = Plan(plain_input(TRIMER_A, program="xtb", method="gfn2-xtb", driver="gradient"))
     first = backend(uri)
     with first:
@@ -106,7 +144,7 @@ def test_xtb_gradient_matches_local_backend_and_a_second_client_reuses_the_recor
 
 
 def test_errored_records_are_reset_until_the_attempts_run_out(server):
-    uri, client = server
+    uri, client, _ = server
     plan = Plan(plain_input(DIMER, program="xtb", method="gfn7-xtb", max_nbody=1))
     be = backend(uri)
     with be, pytest.raises(RunFailed) as failed:
@@ -122,13 +160,13 @@ def test_errored_records_are_reset_until_the_attempts_run_out(server):
 
 @pytest.mark.slow
 def test_killed_client_resumes_without_submitting_anything_twice(server, tmp_path):
-    uri, client = server
+    uri, client, _ = server
     inp = plain_input(TRIMER_B, program="xtb", method="gfn2-xtb")
     plan = Plan(inp)
     (tmp_path / "in.json").write_text(inp.model_dump_json())
     cmd = [sys.executable, "-m", "qcmb_fractal.cli", "-v", "run", "in.json", "--backend", "qcportal"]
-    cmd += ["--server", uri, "--poll-interval", "1", "--no-progress", "-o", "out.json"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd += ["--server", uri, "--username", SUBMITTER, "--poll-interval", "1", "--no-progress", "-o", "out.json"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "QCPORTAL_PASSWORD": PASSWORD}
 
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -145,8 +183,10 @@ def test_killed_client_resumes_without_submitting_anything_twice(server, tmp_pat
     records = singlepoints(client, plan)
     assert len(records) == len(plan.tasks) == 7
     assert all(len(r.compute_history) == 1 for r in records)  # each computed exactly once
-    # The killed client had sent all seven in one batch before the first finished; the rerun only collects
-    assert "0 singlepoints submitted, 7 found already on the server" in rerun.stderr
+    # The killed client sent all seven in one batch before the first finished: the rerun takes what its
+    # checkpoint holds and collects the rest from the server, submitting nothing new
+    found = len(plan.tasks) - finished_before
+    assert f"0 singlepoints submitted, {found} found already on the server" in rerun.stderr
 
     from qcmanybody.models.v2 import ManyBodyResult
 
@@ -160,10 +200,10 @@ def test_killed_client_resumes_without_submitting_anything_twice(server, tmp_pat
 
 @pytest.mark.nwchem
 def test_nwchem_counterpoise_dimer_matches_qcmanybody_serial(server):
-    uri, client = server
+    uri, client, token = server
     inp = plain_input(DIMER, program="nwchem", method="hf", basis="sto-3g", bsse=["cp", "nocp"])
     plan = Plan(inp)
-    be = backend(uri)
+    be = QCPortalBackend(connection_from_options(uri, environ={"QCPORTAL_API_TOKEN": token}), poll_interval=1.0)
     with be:
         result = Runner(plan, be, progress=False).run()
     reference = ManyBodyComputer.from_manybodyinput(inp)
@@ -174,6 +214,21 @@ def test_nwchem_counterpoise_dimer_matches_qcmanybody_serial(server):
 
 
 # ---- credentials: never on the command line, from QCPortal's usual places -------------------------------------
+
+
+def test_wrong_password_is_one_clear_error_and_no_password_option_exists(server, tmp_path, monkeypatch, capsys):
+    from qcmb_fractal.cli import main
+
+    uri, _, _ = server
+    (tmp_path / "in.json").write_text(plain_input(DIMER, program="xtb", method="gfn2-xtb").model_dump_json())
+    monkeypatch.setenv("QCPORTAL_PASSWORD", "not-the-password")
+    args = ["run", str(tmp_path / "in.json"), "--backend", "qcportal", "--server", uri, "--username", SUBMITTER]
+    assert main([*args, "-o", str(tmp_path / "out.json")]) == 2
+    err = capsys.readouterr().err
+    assert "refused" in err and SUBMITTER in err and "not-the-password" not in err
+    with pytest.raises(SystemExit):
+        main([*args, "--password", PASSWORD])
+    assert not (tmp_path / "out.json").exists()
 
 
 def test_password_comes_from_the_environment_and_stays_secret():
