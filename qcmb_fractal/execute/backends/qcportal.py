@@ -233,7 +233,6 @@ class QCPortalBackend(Backend):
         self.poll_interval = poll_interval
         self.server_timeout = server_timeout
         self.plan: Plan | None = None
-        self.record_ids: dict[str, int] = {}
         self.inserted = 0
         self.existing = 0
         self.resets = 0
@@ -302,9 +301,7 @@ class QCPortalBackend(Backend):
             return
         for program in sorted(programs):
             serving = [
-                m
-                for m in managers
-                if program in m.programs and ("*" in m.compute_tags or self.tag == "*" or self.tag in m.compute_tags)
+                m for m in managers if program in m.programs and ("*" in m.compute_tags or self.tag in m.compute_tags)
             ]
             if not serving:
                 logger.warning(
@@ -354,6 +351,7 @@ class QCPortalBackend(Backend):
         interval = min(0.25, self.poll_interval)
         last_ok = time.monotonic()
         while not self._stop.is_set():
+            self._wake.clear()  # before the work, so a submit during it is not missed
             try:
                 submitted = self._submit_queued()
                 resolved = self._poll()
@@ -369,7 +367,6 @@ class QCPortalBackend(Backend):
             # Poll fast while records change, back off to poll_interval while a long calculation runs
             interval = min(0.25, self.poll_interval) if submitted or resolved else min(interval * 2, self.poll_interval)
             self._wake.wait(interval)
-            self._wake.clear()
 
     def _fail_all(self, message: str) -> None:
         with self._lock:
@@ -421,38 +418,27 @@ class QCPortalBackend(Backend):
             compute_tag=self.tag,
             compute_priority=self.priority,
         )
-        if not meta.success and not ids:
-            raise RuntimeError(f"add_singlepoints refused the batch: {meta.error_string}")
-        failed = {idx: msg for idx, msg in meta.errors}
+        refused = {idx: msg for idx, msg in meta.errors}
+        if not ids:  # the whole batch was refused, e.g. a specification the server does not accept
+            refused = dict.fromkeys(range(len(batch)), meta.error_string)
+            ids = [None] * len(batch)
+        # Revive first: if that fails, the batch is sent again next round and the server dedups it
+        self._revive([ids[i] for i in meta.existing_idx])
         self.inserted += len(meta.inserted_idx)
         self.existing += len(meta.existing_idx)
-        existing = [ids[i] for i in meta.existing_idx]
         for idx, ((sub, _), rid) in enumerate(zip(batch, ids, strict=True)):
-            if rid is None or idx in failed:
-                self._resolve(
-                    sub,
-                    TaskOutcome(
-                        hash=sub.task.hash,
-                        success=False,
-                        error=f"server refused: {failed.get(idx)}",
-                        worker=self._where,
-                    ),
-                )
-                continue
-            self.record_ids[sub.task.hash] = rid
-            self._pending[rid].append(sub)
-        if existing:
-            self._revive(existing)
-        logger.debug(
-            "qcportal[%s]: %d %s singlepoints added (%d new)",
-            self._where,
-            len(ids),
-            task.program,
-            len(meta.inserted_idx),
-        )
+            if rid is None or idx in refused:
+                error = f"the server refused this singlepoint: {refused.get(idx)}"
+                self._resolve(sub, TaskOutcome(hash=sub.task.hash, success=False, error=error, worker=self._where))
+            else:
+                self._pending[rid].append(sub)
+        new = len(meta.inserted_idx)
+        logger.debug("qcportal[%s]: %d %s singlepoints sent, %d new", self._where, len(ids), task.program, new)
 
     def _revive(self, record_ids: list[int]) -> None:
         """Records from an earlier attempt or run that failed: the driver asked for another try, so reset them."""
+        if not record_ids:
+            return
         status: dict[str, list[int]] = defaultdict(list)
         limit = int(self.client.api_limits.get("get_records", 1000))
         for start in range(0, len(record_ids), limit):
