@@ -75,9 +75,8 @@ class Backend(abc.ABC):
 def backend_modules() -> list[str]:
     from qcmb_fractal.execute import backends
 
-    # Tests live beside their backend (backends/test_<name>.py); they are not backends.
-    names = (m.name for m in pkgutil.iter_modules(backends.__path__))
-    return sorted(n for n in names if not n.startswith(("_", "test_")))
+    # Tests live beside the backends (test_<name>.py); they are not backends.
+    return sorted(m.name for m in pkgutil.iter_modules(backends.__path__) if not m.name.startswith(("_", "test_")))
 
 
 def backend_class(name: str) -> type[Backend]:
