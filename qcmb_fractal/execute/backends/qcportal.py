@@ -100,6 +100,15 @@ def find_config_file(path: str | None) -> str | None:
     return None
 
 
+def config_entries(path: str) -> set[str]:
+    """Names of the servers a ``qcportal_config.yaml`` lists (it may also hold just one, at the top)."""
+    import yaml
+
+    with open(path) as handle:
+        data = yaml.safe_load(handle) or {}
+    return {k for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else set()
+
+
 def connection_from_options(
     server: str | None,
     *,
@@ -111,26 +120,22 @@ def connection_from_options(
 ) -> Connection:
     """Resolve the server and credentials the way QCPortal users expect, never from the command line.
 
-    ``server`` is a URL, or the name of an entry in ``qcportal_config.yaml``; without it,
-    ``QCPORTAL_ADDRESS`` or the configuration file's top-level address is used. The password comes from
-    ``QCPORTAL_PASSWORD`` or, on a terminal, a prompt; ``QCPORTAL_API_TOKEN`` replaces both.
+    ``server`` is an address (``https://host:7777``, ``host:7777``) or the name of an entry in
+    ``qcportal_config.yaml``; without it, the file's top-level address or ``QCPORTAL_ADDRESS`` is used.
+    The password comes from ``QCPORTAL_PASSWORD`` or, on a terminal, a prompt; ``QCPORTAL_API_TOKEN``
+    replaces both.
     """
     env = os.environ if environ is None else environ
-    is_url = server is not None and "://" in server
-    if not is_url:
+    if server is None or "://" not in server:
         found = find_config_file(config_file)
-        if found is not None and (server is not None or "QCPORTAL_ADDRESS" not in env):
+        use_file = found is not None and (
+            server in config_entries(found) if server is not None else "QCPORTAL_ADDRESS" not in env
+        )
+        if use_file:
             if username is not None:
-                raise InputError(
-                    "--username applies to a server URL; put it in the qcportal_config.yaml entry instead."
-                )
+                raise InputError("--username goes with a server address; put it in the qcportal_config.yaml entry.")
             return Connection(config_file=found, server=server)
-        if server is not None:
-            raise InputError(
-                f"--server {server!r} is neither a URL (like https://host:7777) nor the name of an entry in a "
-                "qcportal_config.yaml (none found in the working directory or ~/.qca; see --qcportal-config)."
-            )
-        server = env.get("QCPORTAL_ADDRESS")
+        server = server or env.get("QCPORTAL_ADDRESS")
         if server is None:
             raise InputError(
                 "the qcportal backend needs a server: give --server URL, set QCPORTAL_ADDRESS, or write a "
@@ -444,14 +449,13 @@ class QCPortalBackend(Backend):
         for start in range(0, len(record_ids), limit):
             for rec in self.client.get_records(record_ids[start : start + limit], include=["status"]):
                 status[rec.status.value].append(rec.id)
-        if status["deleted"]:  # undeleting restores the status the record had before
-            self.client.undelete_records(status["deleted"])
+        # Undeleting restores the status a record had before it was deleted
+        if status["deleted"] and self._modify(self.client.undelete_records, status["deleted"], "undelete"):
             for rec in self.client.get_records(status["deleted"], include=["status"]):
                 status[rec.status.value].append(rec.id)
         if status["cancelled"]:  # uncancelling puts a record back to waiting
-            self.client.uncancel_records(status["cancelled"])
-        if status["error"]:
-            self.client.reset_records(status["error"])
+            self._modify(self.client.uncancel_records, status["cancelled"], "uncancel")
+        if status["error"] and self._modify(self.client.reset_records, status["error"], "reset"):
             self.resets += len(status["error"])
             logger.info(
                 "qcportal[%s]: reset %d errored records for another attempt: %s",
@@ -459,6 +463,20 @@ class QCPortalBackend(Backend):
                 len(status["error"]),
                 ", ".join(map(str, status["error"][:10])) + (" ..." if len(status["error"]) > 10 else ""),
             )
+
+    def _modify(self, action: Any, record_ids: list[int], what: str) -> bool:
+        """Change records that may belong to someone else (the server dedups across users): refusal is no crash.
+
+        A record left as it was reports its state at the next poll and counts as a failed attempt.
+        """
+        try:
+            action(record_ids)
+        except Exception as exc:
+            if _is_transient(exc):
+                raise
+            logger.warning("qcportal[%s]: cannot %s records %s: %s", self._where, what, record_ids[:10], exc)
+            return False
+        return True
 
     def _poll(self) -> int:
         """Collect every record that finished since the last poll; returns how many."""

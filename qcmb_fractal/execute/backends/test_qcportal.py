@@ -256,6 +256,7 @@ def test_server_name_picks_an_entry_of_the_qcportal_config(tmp_path, monkeypatch
     assert connection_from_options("mine", environ={}).config_file == str(tmp_path / "qcportal_config.yaml")
     with pytest.raises(InputError, match="--username"):
         connection_from_options("mine", username="bob", environ={})
+    assert connection_from_options("otherhost:7777", environ={}).address == "otherhost:7777"
 
 
 def test_no_server_anywhere_is_an_input_error(tmp_path, monkeypatch):
