@@ -5,9 +5,11 @@ One server serves the whole module; each test uses its own geometry or specifica
 server deduplicates identical singlepoints across tests just as it does across reruns.
 """
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,7 +21,7 @@ from qcmanybody.v2.computer import ManyBodyComputer
 
 from qcmb_fractal.drive.state import ComponentProperties
 from qcmb_fractal.errors import InputError, RunFailed
-from qcmb_fractal.execute import Checkpoint, Runner
+from qcmb_fractal.execute import Runner
 from qcmb_fractal.execute.backends.local import LocalBackend
 from qcmb_fractal.execute.backends.qcportal import QCPortalBackend, connection_from_options, record_to_result
 from qcmb_fractal.plan import Plan, plain_input
@@ -89,19 +91,19 @@ def server():
         drop_database(name)
 
 
-def backend(uri: str) -> QCPortalBackend:
+def backend(uri: str, **options) -> QCPortalBackend:
     env = {"QCPORTAL_PASSWORD": PASSWORD}
-    return QCPortalBackend(connection_from_options(uri, username=SUBMITTER, environ=env), poll_interval=1.0)
+    return QCPortalBackend(connection_from_options(uri, username=SUBMITTER, environ=env), poll_interval=1.0, **options)
 
 
-def singlepoints(client, plan: Plan) -> list:
+def singlepoints(client, plan: Plan, include: tuple[str, ...] = ()) -> list:
     """The plan's records on the server, found by content (same molecules, same specification)."""
     spec = plan.atomic_input(plan.tasks[0]).specification
     records = client.query_singlepoints(
         program=plan.tasks[0].program,
         driver=spec.driver.value,
         method=spec.model.method,
-        include=["molecule", "compute_history"],
+        include=["molecule", "compute_history", *include],
     )
     return [r for r in records if r.molecule.get_hash() in {_hash(plan, t) for t in plan.tasks}]
 
@@ -146,16 +148,27 @@ def test_xtb_gradient_matches_local_backend_and_a_second_client_reuses_the_recor
 def test_errored_records_are_reset_until_the_attempts_run_out(server):
     uri, client, _ = server
     plan = Plan(plain_input(DIMER, program="xtb", method="gfn7-xtb", max_nbody=1))
-    be = backend(uri)
+    be = backend(uri, tag="qcmb-test", priority="high")
     with be, pytest.raises(RunFailed) as failed:
         Runner(plan, be, progress=False, max_attempts=2).run()
 
     assert len(failed.value.failures) == 2
     assert all("gfn7-xtb" in error for error in failed.value.failures.values())
     assert (be.inserted, be.resets) == (2, 2)
-    records = singlepoints(client, plan)
+    records = singlepoints(client, plan, ("task",))
     assert len(records) == 2
     assert [len(r.compute_history) for r in records] == [2, 2]  # one reset each, not a second record
+    assert {(r.task_.compute_tag, r.task_.compute_priority.name) for r in records} == {("qcmb-test", "high")}
+
+
+def checkpointed(path) -> int:
+    if not path.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        try:
+            return db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+        except sqlite3.OperationalError:  # created, table not yet
+            return 0
 
 
 @pytest.mark.slow
@@ -165,28 +178,32 @@ def test_killed_client_resumes_without_submitting_anything_twice(server, tmp_pat
     plan = Plan(inp)
     (tmp_path / "in.json").write_text(inp.model_dump_json())
     cmd = [sys.executable, "-m", "qcmb_fractal.cli", "-v", "run", "in.json", "--backend", "qcportal"]
-    cmd += ["--server", uri, "--username", SUBMITTER, "--poll-interval", "1", "--no-progress", "-o", "out.json"]
+    cmd += ["--server", uri, "--username", SUBMITTER, "--mode", "levels", "--poll-interval", "1"]
+    cmd += ["--no-progress", "-o", "out.json"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "QCPORTAL_PASSWORD": PASSWORD}
 
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not any(r.status == "complete" for r in singlepoints(client, plan)):
-        assert proc.poll() is None and time.monotonic() < deadline, "the client never got a result"
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    finished_before = len(Checkpoint(tmp_path / "out.sqlite"))
-    assert finished_before < len(plan.tasks)
+    # Levels mode: when the first monomer is checkpointed, the dimers and the trimer are not even sent yet
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        deadline = time.monotonic() + 120
+        while checkpointed(tmp_path / "out.sqlite") == 0:
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "killed.log").read_text()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (tmp_path / "out.json").exists()
+    finished_before = checkpointed(tmp_path / "out.sqlite")
+    on_server = len(singlepoints(client, plan))
+    assert 1 <= finished_before <= on_server < len(plan.tasks)
 
     rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     records = singlepoints(client, plan)
     assert len(records) == len(plan.tasks) == 7
     assert all(len(r.compute_history) == 1 for r in records)  # each computed exactly once
-    # The killed client sent all seven in one batch before the first finished: the rerun takes what its
-    # checkpoint holds and collects the rest from the server, submitting nothing new
-    found = len(plan.tasks) - finished_before
-    assert f"0 singlepoints submitted, {found} found already on the server" in rerun.stderr
+    # The rerun takes what its checkpoint holds, collects what the killed client had sent, sends the rest
+    new, found = len(plan.tasks) - on_server, on_server - finished_before
+    assert f"{new} singlepoints submitted, {found} found already on the server" in rerun.stderr
 
     from qcmanybody.models.v2 import ManyBodyResult
 
@@ -205,7 +222,7 @@ def test_nwchem_counterpoise_dimer_matches_qcmanybody_serial(server):
     plan = Plan(inp)
     be = QCPortalBackend(connection_from_options(uri, environ={"QCPORTAL_API_TOKEN": token}), poll_interval=1.0)
     with be:
-        result = Runner(plan, be, progress=False).run()
+        result = Runner(plan, be, progress=False, mode="levels").run()
     reference = ManyBodyComputer.from_manybodyinput(inp)
     for name in ("cp_corrected_interaction_energy_through_2_body", "nocp_corrected_interaction_energy_through_2_body"):
         assert getattr(result.properties, name) == pytest.approx(getattr(reference.properties, name), abs=1e-9)
@@ -317,3 +334,14 @@ def test_hessian_record_reads_back_with_its_shapes():
     rebuilt = ComponentProperties.from_atomic_result(record_to_result(record, atomic, "nwchem"))
     assert rebuilt == ComponentProperties.from_atomic_result(local)
     assert np.array_equal(rebuilt.as_arrays()["hessian"], hessian)
+
+
+def test_cli_options_reach_the_backend(monkeypatch):
+    from qcmb_fractal.cli import build_parser
+
+    monkeypatch.setenv("QCPORTAL_PASSWORD", PASSWORD)
+    argv = ["run", "in.json", "--backend", "qcportal", "--server", "https://qca.example.org", "--username", SUBMITTER]
+    args = build_parser().parse_args([*argv, "--tag", "gpu", "--priority", "high", "--poll-interval", "30"])
+    be = QCPortalBackend.from_arguments(args)
+    assert (be.tag, be.priority, be.poll_interval) == ("gpu", "high", 30.0)
+    assert be.connection is not None and be.connection.username == SUBMITTER
