@@ -331,13 +331,15 @@ class QCPortalBackend(Backend):
         return [s.future for s in subs]
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop talking to the server; submitted records stay there and a rerun collects them."""
         if self._thread is not None:
             self._stop.set()
             self._wake.set()
-            self._thread.join()
+            # On Ctrl-C do not sit out a request to a slow server: the (daemon) thread ends with the process
+            self._thread.join(timeout=None if wait and not cancel_futures else 5.0)
             self._thread = None
         left = len(self._pending)
-        for subs in list(self._pending.values()) + [[s] for s in self._queue]:
+        for subs in [*list(self._pending.values()), list(self._queue)]:
             for s in subs:
                 s.future.cancel()
         if self.plan is not None:
