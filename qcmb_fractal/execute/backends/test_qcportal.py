@@ -122,7 +122,8 @@ def test_xtb_gradient_matches_local_backend_and_a_second_client_reuses_the_recor
         runner = Runner(plan, first, progress=False)
         result = runner.run()
     with LocalBackend(1) as local:
-        expected = Runner(plan, local, progress=False).run()
+        local_runner = Runner(plan, local, progress=False)
+        expected = local_runner.run()
 
     assert len(plan.tasks) == 7
     assert (first.inserted, first.existing, first.resets) == (7, 0, 0)
@@ -131,6 +132,12 @@ def test_xtb_gradient_matches_local_backend_and_a_second_client_reuses_the_recor
     for name, value in expected.properties.model_dump().items():
         if isinstance(value, float):
             assert getattr(result.properties, name) == pytest.approx(value, abs=1e-9), name
+    for task in plan.tasks:  # what the analysis reads, calculation by calculation
+        mine = runner.driver.state.tasks[task.hash].properties.as_arrays()
+        theirs = local_runner.driver.state.tasks[task.hash].properties.as_arrays()
+        assert mine.keys() == theirs.keys() == {"energy", "gradient"}
+        assert mine["energy"] == pytest.approx(theirs["energy"], abs=1e-10)
+        assert np.abs(mine["gradient"] - theirs["gradient"]).max() < 1e-10
     records = {r.id: r for r in singlepoints(client, plan)}
     assert len(records) == 7
     assert {int(runner.driver.state.tasks[t.hash].reference) for t in plan.tasks} == set(records)
