@@ -17,33 +17,27 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from qcmanybody.v2.computer import ManyBodyComputer
+from qcmanybody.models.v2 import ManyBodyInput, ManyBodyResult
 
 from qcmb_fractal.drive.state import ComponentProperties
 from qcmb_fractal.errors import InputError, RunFailed
 from qcmb_fractal.execute import Runner
 from qcmb_fractal.execute.backends.local import LocalBackend
 from qcmb_fractal.execute.backends.qcportal import QCPortalBackend, connection_from_options, record_to_result
-from qcmb_fractal.plan import Plan, plain_input
+from qcmb_fractal.plan import Plan
+from qcmb_fractal.testing.molecules import water_cluster, water_trimer
+from qcmb_fractal.testing.programs import needs_nwchem, needs_xtb
+from qcmb_fractal.testing.reference import NWCHEM_HF, XTB_GFN2, assert_same_result, mbe_input, serial_reference
 
-ANGSTROM = 1 / 0.52917721067
-WATER = [("O", (0.0, 0.0, 0.0)), ("H", (0.0, 0.757, 0.587)), ("H", (0.0, -0.757, 0.587))]
+XTB = {"xtb": XTB_GFN2}
+HF = {"hf": NWCHEM_HF}
+BOGUS = {"bogus": ("xtb", "gfn7-xtb", None)}  # a method xtb does not have: every attempt errors
 
-
-def water_cluster(offsets: list[tuple[float, float, float]]) -> dict:
-    """Waters displaced by ``offsets`` (Å); distinct offsets give distinct server records."""
-    symbols, geometry, fragments = [], [], []
-    for i, off in enumerate(offsets):
-        fragments.append(list(range(3 * i, 3 * i + 3)))
-        for sym, xyz in WATER:
-            symbols.append(sym)
-            geometry.extend((c + o) * ANGSTROM for c, o in zip(xyz, off, strict=True))
-    return {"symbols": symbols, "geometry": geometry, "fragments": fragments}
+pytestmark = needs_xtb
 
 
-TRIMER_A = water_cluster([(0, 0, 0), (2.9, 0.1, 0.2), (0.3, 2.8, -0.4)])
-TRIMER_B = water_cluster([(0, 0, 0), (3.0, -0.2, 0.1), (-0.2, 3.1, 0.3)])
-DIMER = water_cluster([(0, 0, 0), (2.95, 0.05, 0.1)])
+def xtb_input(molecule, nbody: int, **options) -> ManyBodyInput:
+    return mbe_input(molecule, XTB, {nbody: "xtb"}, bsse=["nocp"], **options)
 
 
 SUBMITTER, PASSWORD = "qcmb_submitter", "submitter-password-123"
@@ -114,9 +108,10 @@ def _hash(plan: Plan, task) -> str:
     return Molecule(**plan.atomic_input(task).molecule.convert_v(1).model_dump()).get_hash()
 
 
-def test_xtb_gradient_matches_local_backend_and_a_second_client_reuses_the_records(server):
+def test_xtb_gradient_matches_serial_and_local_and_a_second_client_reuses_the_records(server):
     uri, client, _ = server
-    plan = Plan(plain_input(TRIMER_A, program="xtb", method="gfn2-xtb", driver="gradient"))
+    inp = xtb_input(water_trimer(), 3, driver="gradient")
+    plan = Plan(inp)
     first = backend(uri)
     with first:
         runner = Runner(plan, first, progress=False)
@@ -127,11 +122,8 @@ def test_xtb_gradient_matches_local_backend_and_a_second_client_reuses_the_recor
 
     assert len(plan.tasks) == 7
     assert (first.inserted, first.existing, first.resets) == (7, 0, 0)
-    assert result.properties.return_energy == pytest.approx(expected.properties.return_energy, abs=1e-9)
-    assert np.abs(np.asarray(result.return_result) - np.asarray(expected.return_result)).max() < 1e-8
-    for name, value in expected.properties.model_dump().items():
-        if isinstance(value, float):
-            assert getattr(result.properties, name) == pytest.approx(value, abs=1e-9), name
+    assert_same_result(result, serial_reference(inp))
+    assert_same_result(result, expected)
     for task in plan.tasks:  # what the analysis reads, calculation by calculation
         mine = runner.driver.state.tasks[task.hash].properties.as_arrays()
         theirs = local_runner.driver.state.tasks[task.hash].properties.as_arrays()
@@ -154,7 +146,7 @@ def test_xtb_gradient_matches_local_backend_and_a_second_client_reuses_the_recor
 
 def test_errored_records_are_reset_until_the_attempts_run_out(server):
     uri, client, _ = server
-    plan = Plan(plain_input(DIMER, program="xtb", method="gfn7-xtb", max_nbody=1))
+    plan = Plan(mbe_input(water_cluster(2), BOGUS, {1: "bogus"}, bsse=["nocp"]))
     be = backend(uri, tag="qcmb-test", priority="high")
     with be, pytest.raises(RunFailed) as failed:
         Runner(plan, be, progress=False, max_attempts=2).run()
@@ -181,7 +173,7 @@ def checkpointed(path) -> int:
 @pytest.mark.slow
 def test_killed_client_resumes_without_submitting_anything_twice(server, tmp_path):
     uri, client, _ = server
-    inp = plain_input(TRIMER_B, program="xtb", method="gfn2-xtb")
+    inp = xtb_input(water_cluster(3), 3)
     plan = Plan(inp)
     (tmp_path / "in.json").write_text(inp.model_dump_json())
     cmd = [sys.executable, "-m", "qcmb_fractal.cli", "-v", "run", "in.json", "--backend", "qcportal"]
@@ -212,27 +204,19 @@ def test_killed_client_resumes_without_submitting_anything_twice(server, tmp_pat
     new, found = len(plan.tasks) - on_server, on_server - finished_before
     assert f"{new} singlepoints submitted, {found} found already on the server" in rerun.stderr
 
-    from qcmanybody.models.v2 import ManyBodyResult
-
-    result = ManyBodyResult.model_validate_json((tmp_path / "out.json").read_text())
-    reference = ManyBodyComputer.from_manybodyinput(inp)
-    assert result.properties.return_energy == pytest.approx(reference.properties.return_energy, abs=1e-9)
-    assert result.properties.nocp_corrected_interaction_energy_through_3_body == pytest.approx(
-        reference.properties.nocp_corrected_interaction_energy_through_3_body, abs=1e-9
-    )
+    assert_same_result(ManyBodyResult.model_validate_json((tmp_path / "out.json").read_text()), serial_reference(inp))
 
 
+@needs_nwchem
 @pytest.mark.nwchem
 def test_nwchem_counterpoise_dimer_matches_qcmanybody_serial(server):
     uri, client, token = server
-    inp = plain_input(DIMER, program="nwchem", method="hf", basis="sto-3g", bsse=["cp", "nocp"])
+    inp = mbe_input(water_cluster(2), HF, {2: "hf"}, bsse=["cp", "nocp"])
     plan = Plan(inp)
     be = QCPortalBackend(connection_from_options(uri, environ={"QCPORTAL_API_TOKEN": token}), poll_interval=1.0)
     with be:
         result = Runner(plan, be, progress=False, mode="levels").run()
-    reference = ManyBodyComputer.from_manybodyinput(inp)
-    for name in ("cp_corrected_interaction_energy_through_2_body", "nocp_corrected_interaction_energy_through_2_body"):
-        assert getattr(result.properties, name) == pytest.approx(getattr(reference.properties, name), abs=1e-9)
+    assert_same_result(result, serial_reference(inp))
     ghosted = [r for r in singlepoints(client, plan) if not all(r.molecule.real)]
     assert len(ghosted) == 2  # the monomers in the dimer basis kept their ghost atoms on the server
 
@@ -244,7 +228,7 @@ def test_wrong_password_is_one_clear_error_and_no_password_option_exists(server,
     from qcmb_fractal.cli import main
 
     uri, _, _ = server
-    (tmp_path / "in.json").write_text(plain_input(DIMER, program="xtb", method="gfn2-xtb").model_dump_json())
+    (tmp_path / "in.json").write_text(xtb_input(water_cluster(2), 2).model_dump_json())
     monkeypatch.setenv("QCPORTAL_PASSWORD", "not-the-password")
     args = ["run", str(tmp_path / "in.json"), "--backend", "qcportal", "--server", uri, "--username", SUBMITTER]
     assert main([*args, "-o", str(tmp_path / "out.json")]) == 2
@@ -308,7 +292,7 @@ def stored_like_qcfractal(result) -> SimpleNamespace:
 def test_xtb_gradient_record_reads_back_exactly_as_the_local_result():
     import qcengine
 
-    plan = Plan(plain_input(DIMER, program="xtb", method="gfn2-xtb", driver="gradient"))
+    plan = Plan(xtb_input(water_cluster(2), 2, driver="gradient"))
     task = plan.tasks[-1]
     local = qcengine.compute(plan.atomic_input(task), "xtb", raise_error=True)
     assert local.properties.return_gradient is None  # xtb puts the gradient only in return_result
@@ -321,7 +305,7 @@ def test_xtb_gradient_record_reads_back_exactly_as_the_local_result():
 def test_hessian_record_reads_back_with_its_shapes():
     from qcelemental.models.v2 import AtomicProperties, AtomicResult, Provenance
 
-    plan = Plan(plain_input(DIMER, program="nwchem", method="hf", basis="sto-3g", driver="hessian"))
+    plan = Plan(mbe_input(water_cluster(2), HF, {2: "hf"}, bsse=["nocp"], driver="hessian"))
     task = plan.tasks[0]
     atomic = plan.atomic_input(task)
     rng = np.random.default_rng(7)
