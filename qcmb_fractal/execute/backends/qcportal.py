@@ -37,6 +37,7 @@ PRIORITIES = ("low", "normal", "high")
 FINISHED = ("complete", "error", "cancelled", "invalid", "deleted")
 PASSWORD_ENV = "QCPORTAL_PASSWORD"
 API_TOKEN_ENV = "QCPORTAL_API_TOKEN"
+FASTEST_POLL = 1.0  # seconds; a shared server answers every poll with one query per 1000 unfinished records
 
 
 class Connection(BaseModel):
@@ -355,7 +356,8 @@ class QCPortalBackend(Backend):
     # ---- the I/O thread -------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        interval = min(0.25, self.poll_interval)
+        fastest = min(FASTEST_POLL, self.poll_interval)
+        interval = fastest
         last_ok = time.monotonic()
         while not self._stop.is_set():
             self._wake.clear()  # before the work, so a submit during it is not missed
@@ -371,8 +373,8 @@ class QCPortalBackend(Backend):
                 else:
                     logger.warning("qcportal[%s]: server unreachable, will retry: %s", self._where, exc)
                 submitted = resolved = 0
-            # Poll fast while records change, back off to poll_interval while a long calculation runs
-            interval = min(0.25, self.poll_interval) if submitted or resolved else min(interval * 2, self.poll_interval)
+            # Poll often while records change, back off to poll_interval while long calculations run
+            interval = fastest if submitted or resolved else min(interval * 2, self.poll_interval)
             self._wake.wait(interval)
 
     def _fail_all(self, message: str) -> None:
