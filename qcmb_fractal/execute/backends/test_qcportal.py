@@ -160,6 +160,51 @@ def test_errored_records_are_reset_until_the_attempts_run_out(server):
     assert {(r.task_.compute_tag, r.task_.compute_priority.name) for r in records} == {("qcmb-test", "high")}
 
 
+class FaultyClient:
+    """Fault injection: the real client, except that its first ``faults`` polls find the server unreachable."""
+
+    def __init__(self, client, faults: int) -> None:
+        self.client, self.faults = client, faults
+
+    def query_records(self, **kwargs):
+        if self.faults > 0:
+            self.faults -= 1
+            raise ConnectionRefusedError("fault injected: server unreachable")
+        return self.client.query_records(**kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+def submitter_client(uri: str):
+    return connection_from_options(uri, username=SUBMITTER, environ={"QCPORTAL_PASSWORD": PASSWORD}).connect()
+
+
+def test_a_server_outage_shorter_than_the_timeout_costs_no_attempt(server):
+    uri, _, _ = server
+    inp = xtb_input(water_cluster(2), 2, driver="gradient")
+    plan = Plan(inp)
+    faulty = FaultyClient(submitter_client(uri), faults=3)
+    be = QCPortalBackend(client=faulty, poll_interval=1.0)
+    with be:
+        runner = Runner(plan, be, progress=False, max_attempts=1)
+        result = runner.run()
+    assert faulty.faults == 0
+    assert all(runner.driver.state.tasks[t.hash].attempts == 0 for t in plan.tasks)
+    assert_same_result(result, serial_reference(inp))
+
+
+def test_a_server_outage_longer_than_the_timeout_fails_the_run_clearly(server):
+    uri, _, _ = server
+    plan = Plan(xtb_input(water_cluster(2), 2, driver="gradient"))
+    be = QCPortalBackend(client=FaultyClient(submitter_client(uri), faults=10**6), poll_interval=1.0, server_timeout=0)
+    with be, pytest.raises(RunFailed) as failed:
+        Runner(plan, be, progress=False, max_attempts=2).run()
+    assert set(failed.value.failures.values()) == {
+        f"QCFractal server {uri} failed: ConnectionRefusedError: fault injected: server unreachable"
+    }
+
+
 def checkpointed(path) -> int:
     if not path.exists():
         return 0
