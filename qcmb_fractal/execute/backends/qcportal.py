@@ -21,6 +21,7 @@ import threading
 import time
 from collections import defaultdict
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, SecretStr
@@ -77,6 +78,8 @@ class Connection(BaseModel):
                 show_motd=False,
             )
         except (AuthenticationFailure, AuthorizationFailure, PortalRequestError) as err:
+            if isinstance(err, PortalRequestError) and err.status_code not in (401, 403):
+                raise InputError(f"the QCFractal server {self.describe()} answered: {err}") from None
             raise InputError(
                 f"the QCFractal server {self.describe()} refused the login: {err}. Check the user name and the "
                 f"password in ${PASSWORD_ENV} (or ${API_TOKEN_ENV}, or the entry in qcportal_config.yaml)."
@@ -172,12 +175,12 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(status, int) and status >= 500
 
 
+@dataclass
 class _Submission:
     """A task handed to the backend, and the future the runner waits on."""
 
-    def __init__(self, task: FragmentTask, future: Future) -> None:
-        self.task = task
-        self.future = future
+    task: FragmentTask
+    future: Future
 
 
 def record_to_result(record: Any, atomic: AtomicInput, program: str) -> AtomicResult:
