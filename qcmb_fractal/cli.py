@@ -171,9 +171,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     stats = result.extras["qcmb_fractal"]
     print(energy_table(result))
     util = f", utilization {stats['utilization']:.0%}" if stats.get("utilization") is not None else ""
+    where = f"{stats['workers']} {args.backend} workers" if stats["workers"] else f"the {args.backend} backend"
     print(
         f"\n{stats['tasks']} calculations ({stats['computed']} computed, {stats['reused']} from checkpoint) "
-        f"in {stats['wall_time']:.1f} s on {stats['workers'] or '?'} {args.backend} workers{util}"
+        f"in {stats['wall_time']:.1f} s on {where}{util}"
     )
     print(f"result written to {output}")
     return 0
