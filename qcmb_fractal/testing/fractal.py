@@ -1,0 +1,130 @@
+"""A real QCFractal server on the machine's PostgreSQL plus a real compute manager, for tests and benchmarks.
+
+QCFractal's own snowflake starts a private PostgreSQL with ``initdb``, which refuses to run as root,
+so this points it at the machine's server instead (trust auth on 127.0.0.1) and gives every caller its
+own database. The manager's update frequency is hard-coded to 5 s in the snowflake; tests lower it to
+1 s (and the service frequency to 1 s) because each child calculation otherwise waits for that poll.
+"""
+
+import contextlib
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+
+import psycopg2
+from psycopg2 import sql
+from qcfractal.config import DatabaseConfig
+from qcfractal.postgres_harness import PostgresHarness
+from qcfractal.snowflake import FractalSnowflake
+from qcportal import PortalClient
+
+logger = logging.getLogger(__name__)
+
+PG_HOST = os.environ.get("QCMB_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("QCMB_PG_PORT", "5432"))
+PG_SUPERUSER = os.environ.get("QCMB_PG_SUPERUSER", "postgres")
+PG_ROLE = os.environ.get("QCMB_PG_ROLE", "qcmb")
+PG_PASSWORD = os.environ.get("QCMB_PG_PASSWORD", "qcmb")
+
+
+def _superuser_connection():
+    try:
+        return psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_SUPERUSER, dbname="postgres")
+    except psycopg2.OperationalError:
+        # The machine's cluster may simply be down (containers do not run systemd); start it once and retry.
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "start"], check=False)
+        return psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_SUPERUSER, dbname="postgres")
+
+
+def ensure_login_role() -> None:
+    """Create the login role the server connects as (QCFractal needs a username and password)."""
+    conn = _superuser_connection()
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (PG_ROLE,))
+            if cur.fetchone() is None:
+                cur.execute(
+                    sql.SQL("CREATE ROLE {} LOGIN CREATEDB PASSWORD %s").format(sql.Identifier(PG_ROLE)),
+                    (PG_PASSWORD,),
+                )
+    finally:
+        conn.close()
+
+
+def drop_database(db_name: str) -> None:
+    """Drop a test database even while a stopped server's connection pool still holds connections to it."""
+    conn = _superuser_connection()
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db_name)))
+    finally:
+        conn.close()
+
+
+def database_config(db_name: str, base_folder: str = "/tmp") -> DatabaseConfig:
+    return DatabaseConfig(
+        base_folder=base_folder,
+        host=PG_HOST,
+        port=PG_PORT,
+        username=PG_ROLE,
+        password=PG_PASSWORD,
+        database_name=db_name,
+        own=False,
+    )
+
+
+def fresh_database(db_name: str, *, plugin: bool) -> DatabaseConfig:
+    """Drop ``db_name`` if it exists and create it with QCFractal's tables (and the plugin's, if asked)."""
+    ensure_login_role()
+    cfg = database_config(db_name)
+    drop_database(db_name)
+    PostgresHarness(cfg).create_database(create_tables=True)
+    if plugin:
+        from qcmb_fractal.plugin.server.install import install_schema
+
+        install_schema(cfg)
+    return cfg
+
+
+@contextlib.contextmanager
+def fractal_snowflake(
+    db_name: str,
+    *,
+    plugin: bool,
+    compute_workers: int = 2,
+    update_frequency: float = 1.0,
+    service_frequency: int = 1,
+    keep_database: bool = False,
+) -> Iterator[tuple[FractalSnowflake, PortalClient]]:
+    """A started snowflake (API, job runner, compute manager) on a fresh PostgreSQL database.
+
+    With ``plugin=True`` the qcmb-fractal record type is hooked into QCFractal first and its schema is
+    installed, exactly as ``qcmb-fractal-server init-db`` does on a real server.
+    """
+    if plugin:
+        from qcmb_fractal.plugin.server.hooks import install_hooks
+
+        install_hooks()
+    cfg = fresh_database(db_name, plugin=plugin)
+    snowflake = FractalSnowflake(
+        start=False,
+        compute_workers=compute_workers,
+        database_config=cfg,
+        extra_config={"service_frequency": service_frequency, "loglevel": "WARNING"},
+    )
+    # The snowflake hard-codes a 5 s manager poll; every child would wait for it.
+    snowflake._compute_config.update_frequency = update_frequency
+    if plugin:
+        from qcmb_fractal.plugin.server.hooks import check_startup
+
+        check_startup(cfg)
+    snowflake.start()
+    try:
+        yield snowflake, snowflake.client()
+    finally:
+        snowflake.stop()
+        if not keep_database:
+            drop_database(db_name)
