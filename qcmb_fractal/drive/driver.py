@@ -59,9 +59,6 @@ class ManyBodyDriver:
         self.state.tasks[key] = rec
         return rec
 
-    def _exhausted(self, task: FragmentTask) -> bool:
-        return self.status(task) is TaskStatus.error
-
     @property
     def active_level(self) -> int | None:
         """Lowest level with unfinished work; in eager mode every level is active at once."""
@@ -70,16 +67,16 @@ class ManyBodyDriver:
                 return level
         return None
 
-    def next_batch(self, limit: int | None = None) -> list[FragmentTask]:
-        """Waiting tasks that may start now, largest first; they are marked running."""
+    def _reachable(self) -> list[FragmentTask]:
+        """Tasks the current mode allows to run: the active level's, or all of them in eager mode."""
         if self.state.mode == "levels":
             level = self.active_level
-            if level is None or any(self._exhausted(t) for t in self.plan.tasks_at(level)):
-                return []
-            candidates = self.plan.tasks_at(level)
-        else:
-            candidates = self.plan.tasks
-        ready = [t for t in candidates if self.status(t) is TaskStatus.waiting]
+            return self.plan.tasks_at(level) if level is not None else []
+        return self.plan.tasks
+
+    def next_batch(self, limit: int | None = None) -> list[FragmentTask]:
+        """Waiting tasks that may start now, largest first; they are marked running."""
+        ready = [t for t in self._reachable() if self.status(t) is TaskStatus.waiting]
         ready.sort(key=lambda t: (-t.cost, t.hash))
         if limit is not None:
             ready = ready[:limit]
@@ -148,20 +145,12 @@ class ManyBodyDriver:
     @property
     def failed(self) -> bool:
         """No more progress is possible: some task failed for good and nothing else can run."""
-        if any(r.status is TaskStatus.running for r in self.state.tasks.values()):
+        records = self.state.tasks.values()
+        if any(r.status is TaskStatus.running for r in records):
             return False
-        errored = any(r.status is TaskStatus.error for r in self.state.tasks.values())
-        return errored and not self._has_waiting_reachable()
-
-    def _has_waiting_reachable(self) -> bool:
-        if self.state.mode == "levels":
-            level = self.active_level
-            tasks = self.plan.tasks_at(level) if level is not None else []
-            if any(self._exhausted(t) for t in tasks):
-                return False
-        else:
-            tasks = self.plan.tasks
-        return any(self.status(t) is TaskStatus.waiting for t in tasks)
+        if not any(r.status is TaskStatus.error for r in records):
+            return False
+        return not any(self.status(t) is TaskStatus.waiting for t in self._reachable())
 
     @property
     def finished(self) -> bool:

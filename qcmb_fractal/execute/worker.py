@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from qcmb_fractal.drive.state import ComponentProperties
 from qcmb_fractal.execute.base import TaskOutcome
+from qcmb_fractal.logs import LOG_FORMAT
 from qcmb_fractal.plan import FragmentBuilder, FragmentTask
 from qcmb_fractal.plan.inputs import manybody_input
 
@@ -27,6 +28,7 @@ class WorkerConfig(BaseModel):
     memory: float | None = None  # GiB per task, QCEngine's unit
     scratch_directory: str | None = None
     name: str = "worker"
+    log_level: int = logging.WARNING
 
 
 _BUILDER: FragmentBuilder | None = None
@@ -48,6 +50,7 @@ def init_worker(config: WorkerConfig) -> None:
     import qcengine
 
     multiprocessing.current_process().name = config.name
+    logging.basicConfig(level=config.log_level, format=LOG_FORMAT, force=True)
     _CONFIG = config
     _BUILDER = FragmentBuilder(manybody_input(__import__("json").loads(config.input_json)))
     qcengine.get_config(task_config=task_config(config))

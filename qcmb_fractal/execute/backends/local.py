@@ -104,6 +104,7 @@ class LocalBackend(Backend):
                     ncores=res.ncores,
                     memory=res.memory,
                     scratch_directory=str(self.scratch_dir),
+                    log_level=logging.getLogger().getEffectiveLevel(),
                 ),
             ),
         )

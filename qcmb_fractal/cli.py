@@ -1,0 +1,192 @@
+"""Command line: ``qcmb-fractal plan INPUT`` and ``qcmb-fractal run INPUT --backend NAME``.
+
+Every user-fixable problem ends in one line on stderr and exit code 2; ``--debug`` shows the traceback.
+"""
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from qcelemental import constants
+from qcmanybody.models.v2 import ManyBodyResult
+
+from qcmb_fractal import __version__
+from qcmb_fractal.errors import InputError, RunFailed
+from qcmb_fractal.logs import LOG_FORMAT
+
+logger = logging.getLogger("qcmb_fractal")
+
+EXIT_INPUT = 2
+EXIT_FAILED = 3
+EXIT_INTERRUPTED = 130
+
+
+def _input_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "input", help="ManyBodyInput (.json/.yaml, QCSchema v2) or a plain molecule file ('--' between fragments)"
+    )
+    g = p.add_argument_group("for plain molecule files")
+    g.add_argument("--program", help="QCEngine program, e.g. nwchem or xtb")
+    g.add_argument("--method", help="e.g. hf, mp2, gfn2-xtb")
+    g.add_argument("--basis", help="e.g. sto-3g (omit for semi-empirical methods)")
+    g.add_argument("--bsse", nargs="+", choices=["nocp", "cp", "vmfc"], help="BSSE treatments (default nocp)")
+    g.add_argument("--max-nbody", type=int, help="highest n-body order (default: all fragments)")
+    g.add_argument("--driver", choices=["energy", "gradient", "hessian"], help="default energy")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from qcmb_fractal.execute import backend_class, backend_modules
+
+    parser = argparse.ArgumentParser(prog="qcmb-fractal", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"qcmb-fractal {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    plan = sub.add_parser("plan", help="list the fragment calculations an input needs, per level and model chemistry")
+    _input_arguments(plan)
+    plan.add_argument("--json", action="store_true", help="print the counts as JSON")
+
+    run = sub.add_parser("run", help="run a many-body expansion")
+    _input_arguments(run)
+    run.add_argument("--backend", default="local", choices=backend_modules(), help="where calculations run")
+    run.add_argument("-o", "--output", help="result JSON (default: INPUT-STEM.result.json in this directory)")
+    run.add_argument("--checkpoint", help="SQLite file of finished calculations (default: next to the output)")
+    run.add_argument("--no-checkpoint", action="store_true", help="keep finished calculations in memory only")
+    run.add_argument(
+        "--mode",
+        choices=["eager", "levels"],
+        default="eager",
+        help="eager: every level at once, largest first (fastest); levels: level n only after n-1",
+    )
+    run.add_argument("--max-attempts", type=int, default=3, help="tries per calculation before it counts as failed")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    for name in backend_modules():
+        try:
+            cls = backend_class(name)
+        except ImportError:  # a backend whose optional dependencies are missing offers no options
+            continue
+        cls.add_arguments(run.add_argument_group(f"{name} backend"))
+    return parser
+
+
+def _options(args: argparse.Namespace) -> dict:
+    return {
+        "program": args.program,
+        "method": args.method,
+        "basis": args.basis,
+        "bsse": args.bsse,
+        "max_nbody": args.max_nbody,
+        "driver": args.driver,
+    }
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if args.debug or args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr, force=True)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from qcmb_fractal.plan import Plan, load_input
+
+    plan = Plan(load_input(args.input, **_options(args)))
+    if args.json:
+        print(json.dumps({"tasks": len(plan.tasks), "counts": plan.counts()}, indent=2))
+    else:
+        print(plan.summary())
+    return 0
+
+
+def energy_table(result: ManyBodyResult) -> str:
+    """Total and interaction energies per BSSE treatment and n-body level, in hartree and kcal/mol."""
+    props = result.properties
+    kcal = constants.hartree2kcalmol
+    nfr = props.calcinfo_nfr
+    rows = [f"{'bsse':6} {'n-body':>6} {'total [Eh]':>20} {'interaction [Eh]':>20} {'interaction [kcal/mol]':>24}"]
+    for bsse in result.input_data.specification.keywords.bsse_type:
+        for n in range(1, nfr + 1):
+            tot = getattr(props, f"{bsse.value}_corrected_total_energy_through_{n}_body", None)
+            ie = getattr(props, f"{bsse.value}_corrected_interaction_energy_through_{n}_body", None)
+            if tot is None and ie is None:
+                continue
+            tot_s = f"{tot:20.10f}" if tot is not None else f"{'-':>20}"
+            ie_s = f"{ie:20.10f} {ie * kcal:24.6f}" if ie is not None else f"{'-':>20} {'-':>24}"
+            rows.append(f"{bsse.value:6} {n:6d} {tot_s} {ie_s}")
+    return "\n".join(rows)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from qcmb_fractal.execute import Checkpoint, Runner, backend_class
+    from qcmb_fractal.plan import Plan, load_input
+
+    if args.max_attempts < 1:
+        raise InputError("--max-attempts must be at least 1.")
+    backend = backend_class(args.backend).from_arguments(args)
+    plan = Plan(load_input(args.input, **_options(args)))
+    output = Path(args.output) if args.output else Path.cwd() / f"{Path(args.input).stem}.result.json"
+    if output.is_dir():
+        raise InputError(f"--output {output} is a directory; give a file name such as {output / 'result.json'}.")
+    if not output.parent.is_dir():
+        raise InputError(f"the output directory {output.parent} does not exist; create it or choose another --output.")
+    checkpoint = None
+    if not args.no_checkpoint:
+        checkpoint = Checkpoint(args.checkpoint or output.with_name(output.name.removesuffix(".json") + ".sqlite"))
+    logger.info("%d fragment calculations planned", len(plan.tasks))
+    try:
+        with backend:
+            result = Runner(
+                plan,
+                backend,
+                checkpoint=checkpoint,
+                mode=args.mode,
+                max_attempts=args.max_attempts,
+                progress=False if args.no_progress else None,
+            ).run()
+    except KeyboardInterrupt:
+        saved = f"; {len(checkpoint)} finished calculations are saved in {checkpoint.path}" if checkpoint else ""
+        print(f"\ninterrupted{saved}. Run the same command again to continue.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        if checkpoint is not None:
+            checkpoint.close()
+    output.write_text(result.model_dump_json(indent=1))
+    stats = result.extras["qcmb_fractal"]
+    print(energy_table(result))
+    util = f", utilization {stats['utilization']:.0%}" if stats.get("utilization") is not None else ""
+    print(
+        f"\n{stats['tasks']} calculations ({stats['computed']} computed, {stats['reused']} from checkpoint) "
+        f"in {stats['wall_time']:.1f} s on {stats['workers'] or '?'} {args.backend} workers{util}"
+    )
+    print(f"result written to {output}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args)
+    try:
+        if args.command == "plan":
+            return cmd_plan(args)
+        return cmd_run(args)
+    except InputError as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+    except RunFailed as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("\ninterrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Install what the tests need, start PostgreSQL, run the whole suite. CI calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v nwchem >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nwchem >/dev/null
+fi
+python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+scripts/postgres.sh
+python3 -m ruff check .
+python3 -m pytest --cov=qcmb_fractal --cov-report=term "$@"
