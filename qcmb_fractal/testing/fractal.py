@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 
 import psycopg2
@@ -81,7 +82,16 @@ def fresh_database(db_name: str, *, plugin: bool) -> DatabaseConfig:
     ensure_login_role()
     cfg = database_config(db_name)
     drop_database(db_name)
-    PostgresHarness(cfg).create_database(create_tables=True)
+    if plugin or "qcmb_fractal.plugin.server.record_db_models" not in sys.modules:
+        PostgresHarness(cfg).create_database(create_tables=True)
+    else:
+        # QCFractal creates every table whose model is imported; only a process without the plugin makes
+        # the plain database a server had before the plugin was installed.
+        code = (
+            "from qcmb_fractal.testing.fractal import PostgresHarness, database_config; "
+            f"PostgresHarness(database_config({db_name!r})).create_database(True)"
+        )
+        subprocess.run([sys.executable, "-c", code], check=True)
     if plugin:
         from qcmb_fractal.plugin.server.install import install_schema
 
