@@ -1,13 +1,15 @@
 """``qcmb-fractal-server``: QCFractal's own server CLI with the qcmb_manybody record type hooked in.
 
 ``qcfractal-server start`` spawns its API and job-runner processes with the 'spawn' start method, which
-re-imports the main module in each child; importing this module installs the hooks, so every process
-of the server knows the record type. ``init-db``/``upgrade-db`` run QCFractal's own command and then
+re-imports the main module in each child; importing this module installs the hooks, and :func:`main`
+makes this module the one children re-import (``python -m pkg`` mains are otherwise skipped), so every
+process of the server knows the record type. ``init-db``/``upgrade-db`` run QCFractal's own command and then
 install the plugin's tables, trigger, views and version stamp (idempotently); ``check`` only verifies.
 Every other command is QCFractal's, unchanged.
 """
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
@@ -67,8 +69,15 @@ def _run_plugin_command(command: str, argv: list[str]) -> int:
     return 0
 
 
+def _children_import_this_module() -> None:
+    """Make spawned server processes re-import this module (and so install the hooks) as their main."""
+    main_module = sys.modules["__main__"]
+    main_module.__spec__ = importlib.util.find_spec(__name__)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _children_import_this_module()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(name)s: %(message)s")
     command = _command(argv)
     try:
