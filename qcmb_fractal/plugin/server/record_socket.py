@@ -53,6 +53,9 @@ QCMB_INSERT_LOCK_ID = 14700
 
 FAILED_DEPENDENCIES_MESSAGE = "Some task(s) did not complete successfully"
 
+# Program errors can be whole result documents; the failure table shows the start of the last line.
+ERROR_WIDTH = 200
+
 
 def validated_input(molecule: Molecule, spec: QCMBSpecification):
     """The qcmanybody ManyBodyInput for a stored molecule and specification; InputError if it cannot run."""
@@ -309,7 +312,7 @@ class QCMBManyBodyRecordSocket(BaseRecordSocket):
             if task_rec.status is TaskStatus.error:
                 err = (task_rec.error or "unknown error").strip().splitlines()
                 label = driver.plan.by_hash[key].label
-                rows.append((label, sp_ids.get(key), task_rec.attempts, err[-1] if err else ""))
+                rows.append((label, sp_ids.get(key), task_rec.attempts, err[-1][:ERROR_WIDTH] if err else ""))
         return tabulate.tabulate(rows, headers=["cluster", "singlepoint", "attempts", "last error"])
 
     def _fail(

@@ -98,6 +98,9 @@ def test_eager_energy_equals_serial_and_builtin_service(client):
 
     # The children views know this record type: children_status sees all seven, delete takes them along.
     assert client.get_records(rid).children_status == {RecordStatusEnum.complete: 7}
+    client.delete_records([builtin_id], soft_delete=False, delete_children=False)
+    client.delete_records([rid], soft_delete=False, delete_children=True)
+    assert client.get_records([rid, *full.cluster_singlepoints.values()], missing_ok=True) == [None] * 8
 
 
 def test_levels_mode_gradient_runs_level_after_level(client):
@@ -116,25 +119,23 @@ def test_levels_mode_gradient_runs_level_after_level(client):
     assert record.stdout.count("submitted 3 fragment calculation(s)") == 2
 
 
-def test_multilevel_with_supersystem_equals_serial(client, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # xtb's GFN-FF writes topology files into the working directory
-    mol = water_cluster(2, shift=1.0)
+def test_multilevel_with_supersystem_equals_serial(client):
+    mol = water_cluster(3, shift=1.0)
     xtb = {"program": "xtb", "driver": "energy", "keywords": {}}
     spec = QCMBSpecification(
         manybody={
             "driver": "energy",
-            "keywords": {"bsse_type": ["nocp"], "levels": {1: "gfn2", 2: "gfn1", "supersystem": "ff"}},
+            "keywords": {"bsse_type": ["nocp"], "levels": {1: "gfn1", "supersystem": "gfn2"}},
             "specification": {
-                "gfn2": {**xtb, "model": {"method": "gfn2-xtb"}},
                 "gfn1": {**xtb, "model": {"method": "gfn1-xtb"}},
-                "ff": {**xtb, "model": {"method": "gfnff"}},
+                "gfn2": {**xtb, "model": {"method": "gfn2-xtb"}},
             },
         }
     )
     _, (rid,) = add_qcmb_manybodys(client, mol, spec)
     record = wait_for(client, rid)
     assert record.status == RecordStatusEnum.complete, record.error
-    assert len(record.clusters) == 8
+    assert sorted(c.mc_level for c in record.clusters) == ["gfn1"] * 3 + ["gfn2"] * 4
     assert_same_properties(record, serial_reference(mol, spec))
 
 
@@ -147,6 +148,17 @@ def test_counterpoise_with_nwchem_equals_serial(client):
     assert record.status == RecordStatusEnum.complete, record.error
     assert_same_properties(record, serial_reference(mol, spec))
     assert "cp_corrected_interaction_energy" in record.properties
+
+
+@pytest.mark.nwchem
+def test_hessian_with_nwchem_equals_serial(client):
+    mol = water_cluster(2, shift=5.0)
+    spec = simple_specification(program="nwchem", method="hf", basis="sto-3g", driver="hessian", max_nbody=2)
+    _, (rid,) = add_qcmb_manybodys(client, mol, spec)
+    record = wait_for(client, rid)
+    assert record.status == RecordStatusEnum.complete, record.error
+    assert_same_properties(record, serial_reference(mol, spec))
+    assert np.asarray(record.properties["return_hessian"]).size == 18 * 18
 
 
 def test_counterpoise_with_ghost_blind_program_is_refused_at_submission(client):
