@@ -75,7 +75,8 @@ class Backend(abc.ABC):
 def backend_modules() -> list[str]:
     from qcmb_fractal.execute import backends
 
-    return sorted(m.name for m in pkgutil.iter_modules(backends.__path__) if not m.name.startswith("_"))
+    # Tests live beside the backends (test_<name>.py); they are not backends.
+    return sorted(m.name for m in pkgutil.iter_modules(backends.__path__) if not m.name.startswith(("_", "test_")))
 
 
 def backend_class(name: str) -> type[Backend]:

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from qcmanybody.models.v2 import ManyBodyResult
 from tqdm import tqdm
 
-from qcmb_fractal.drive import ComponentProperties, DriverState, ManyBodyDriver
+from qcmb_fractal.drive import ComponentProperties, DriverState, ManyBodyDriver, TaskStatus
 from qcmb_fractal.errors import RunFailed
 from qcmb_fractal.execute.base import Backend, TaskOutcome
 from qcmb_fractal.execute.checkpoint import Checkpoint
@@ -155,9 +155,12 @@ class Runner:
                         bars[task.level].update(1)
                         self.level_end[task.level] = time.perf_counter()
         except BaseException:
-            for fut, task in pending.items():
+            for fut in pending:
                 fut.cancel()
-                self.driver.release(task.hash)
+            # also the batch being submitted when it happened: those tasks never reached ``pending``
+            for key, rec in list(self.driver.state.tasks.items()):
+                if rec.status is TaskStatus.running:
+                    self.driver.release(key)
             raise
         finally:
             for bar in bars.values():

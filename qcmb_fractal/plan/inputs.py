@@ -134,6 +134,13 @@ def _check_specification(inp: ManyBodyInput) -> None:
     for nb in levels:
         if nb != "supersystem" and not 1 <= int(nb) <= nfr:
             raise InputError(f"levels has n-body order {nb}; orders must lie between 1 and {nfr} (the fragments).")
+    top = max((int(nb) for nb in levels if nb != "supersystem"), default=None)
+    if kw.max_nbody is not None and top is not None and kw.max_nbody != top:
+        # QCManyBody would silently replace the levels by {max_nbody: "(auto)"}
+        raise InputError(
+            f"max_nbody={kw.max_nbody} contradicts levels, whose highest n-body order is {top}; "
+            f"leave max_nbody out or set it to {top} (the levels decide the expansion)."
+        )
     for name in levels.values():
         if name not in spec.specification and not (name == "(auto)" and len(spec.specification) == 1):
             raise InputError(

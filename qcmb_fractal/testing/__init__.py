@@ -1,1 +1,1 @@
-"""Helpers for tests and benchmarks that need real servers."""
+"""Shared test molecules and helpers, reused by tests, examples and benchmarks."""
