@@ -11,6 +11,7 @@ from qcmb_fractal.execute import Runner
 from qcmb_fractal.execute.backends.local import LocalBackend
 from qcmb_fractal.plan import Plan
 from qcmb_fractal.plugin.client import (
+    QCMBPortalClient,
     QCMBSpecification,
     add_qcmb_manybodys,
     get_qcmb_manybodys,
@@ -21,6 +22,9 @@ from qcmb_fractal.plugin.client import (
 from qcmb_fractal.plugin.conftest import wait_for, water_cluster
 from qcmb_fractal.plugin.server.fault_harness import FAULT_PROGRAM, write_fault_plan
 from qcmb_fractal.plugin.server.record_socket import validated_input
+from qcmb_fractal.testing.programs import needs_nwchem, needs_xtb
+
+pytestmark = needs_xtb
 
 ENERGY_TOL = 1.0e-9
 ARRAY_TOL = 1.0e-8
@@ -91,6 +95,9 @@ def test_eager_energy_equals_serial_and_builtin_service(client):
     assert "n-Body" in full.result.stdout or "N-Body" in full.result.stdout
     assert [(s.level, s.total, s.complete) for s in qcmb_level_status(client, rid)] == [(1, 3, 3), (2, 3, 3), (3, 1, 1)]
     assert [r.id for r in query_qcmb_manybodys(client, initial_molecule_id=record.initial_molecule_id)] == [rid]
+    own_client = QCMBPortalClient(client.address)
+    assert own_client.get_qcmb_manybodys(rid).properties == record.properties
+    assert [r.id for r in own_client.query_qcmb_manybodys(mode="eager", status="complete")] == [rid]
 
     # Adding it again finds the existing record instead of computing anew.
     meta, ids = add_qcmb_manybodys(client, mol, spec)
@@ -139,6 +146,7 @@ def test_multilevel_with_supersystem_equals_serial(client):
     assert_same_properties(record, serial_reference(mol, spec))
 
 
+@needs_nwchem
 @pytest.mark.nwchem
 def test_counterpoise_with_nwchem_equals_serial(client):
     mol = water_cluster(2, shift=1.5)
@@ -150,6 +158,7 @@ def test_counterpoise_with_nwchem_equals_serial(client):
     assert "cp_corrected_interaction_energy" in record.properties
 
 
+@needs_nwchem
 @pytest.mark.nwchem
 def test_hessian_with_nwchem_equals_serial(client):
     mol = water_cluster(2, shift=5.0)
