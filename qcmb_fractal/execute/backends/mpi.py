@@ -40,7 +40,7 @@ from pebble import ProcessPool
 from pydantic import BaseModel
 
 from qcmb_fractal.errors import InputError
-from qcmb_fractal.execute.backends.local import SCRATCH_PREFIX, sweep_stale_scratch
+from qcmb_fractal.execute.backends.local import scratch_prefix, sweep_stale_scratch
 from qcmb_fractal.execute.base import Backend, TaskOutcome
 from qcmb_fractal.execute.resources import select_resources
 from qcmb_fractal.execute.runner import describe_error
@@ -576,7 +576,7 @@ class _WorkerRank:
         ) / f"qcmb-mpi-{socket.gethostname()}"
         parent.mkdir(parents=True, exist_ok=True)
         sweep_stale_scratch(parent)
-        self.scratch_dir = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=parent))
+        self.scratch_dir = Path(tempfile.mkdtemp(prefix=scratch_prefix(), dir=parent))
         config = WorkerConfig(
             input_json=start.input_json,
             ncores=res.ncores,
