@@ -9,10 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
+import qcengine
 from qcportal.molecules import Molecule
 from qcportal.record_models import RecordStatusEnum
 
 from qcmb_fractal.plan.inputs import parse_plain_molecule
+from qcmb_fractal.plugin.server.fault_harness import FAULT_PROGRAM
+from qcmb_fractal.plugin.server.fault_harness import register as register_fault_program
 from qcmb_fractal.testing.fractal import fractal_snowflake
 
 # QCManyBody's own test trimer (qcmanybody/tests/common.py), in bohr.
@@ -65,10 +68,12 @@ def fractal(fault_dir):
     saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "QCMB_FAULT_DIR")}
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [str(FAULT_SITE), saved["PYTHONPATH"]] if p)
     os.environ["QCMB_FAULT_DIR"] = str(fault_dir)
+    register_fault_program()  # the server validates program names against QCEngine's known harnesses
     try:
         with fractal_snowflake("qcmb_plugin_tests", plugin=True) as (snowflake, client):
             yield snowflake, client
     finally:
+        qcengine.unregister_program(FAULT_PROGRAM)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

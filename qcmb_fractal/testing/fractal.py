@@ -10,7 +10,6 @@ import contextlib
 import logging
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import psycopg2
@@ -25,8 +24,9 @@ logger = logging.getLogger(__name__)
 PG_HOST = os.environ.get("QCMB_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("QCMB_PG_PORT", "5432"))
 PG_SUPERUSER = os.environ.get("QCMB_PG_SUPERUSER", "postgres")
-PG_ROLE = os.environ.get("QCMB_PG_ROLE", "qcmb")
-PG_PASSWORD = os.environ.get("QCMB_PG_PASSWORD", "qcmb")
+# The same login role scripts/postgres.sh creates for CI; created here too if missing.
+PG_ROLE = os.environ.get("QCMB_TEST_PG_USER", "qcmb_test")
+PG_PASSWORD = os.environ.get("QCMB_TEST_PG_PASSWORD", "qcmb_test")
 
 
 def _superuser_connection():
@@ -82,16 +82,7 @@ def fresh_database(db_name: str, *, plugin: bool) -> DatabaseConfig:
     ensure_login_role()
     cfg = database_config(db_name)
     drop_database(db_name)
-    if plugin or "qcmb_fractal.plugin.server.record_db_models" not in sys.modules:
-        PostgresHarness(cfg).create_database(create_tables=True)
-    else:
-        # QCFractal creates every table whose model is imported; only a process without the plugin makes
-        # the plain database a server had before the plugin was installed.
-        code = (
-            "from qcmb_fractal.testing.fractal import PostgresHarness, database_config; "
-            f"PostgresHarness(database_config({db_name!r})).create_database(True)"
-        )
-        subprocess.run([sys.executable, "-c", code], check=True)
+    PostgresHarness(cfg).create_database(create_tables=True)
     if plugin:
         from qcmb_fractal.plugin.server.install import install_schema
 

@@ -49,14 +49,18 @@ def install_hooks() -> None:
 
     from qcfractal.flask_app.api_v1.blueprint import api_v1
 
-    if api_v1._got_registered_once:
-        raise PluginStartupError(
-            "the QCFractal API blueprint was already registered with a Flask app, so qcmb_manybody routes "
-            "cannot be added; import qcmb_fractal.plugin.server.hooks before the server is created."
-        )
-
     from qcmb_fractal.plugin.client.record_models import QCMBInput
-    from qcmb_fractal.plugin.server import record_routes  # noqa: F401  (adds the routes to api_v1)
+
+    registered = api_v1._got_registered_once
+    if registered:
+        # A Flask app built earlier in this process (e.g. a plain snowflake in a test session) keeps its
+        # routes; apps built from now on replay the blueprint's deferred routes, ours included.
+        logger.warning("QCFractal apps created before the qcmb_manybody hooks do not serve its routes")
+        api_v1._got_registered_once = False
+    try:
+        from qcmb_fractal.plugin.server import record_routes  # noqa: F401  (adds the routes to api_v1)
+    finally:
+        api_v1._got_registered_once = registered
     from qcmb_fractal.plugin.server.record_socket import FAILED_DEPENDENCIES_MESSAGE, QCMBManyBodyRecordSocket
 
     original_init = RecordSocket.__init__

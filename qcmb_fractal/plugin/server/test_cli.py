@@ -24,7 +24,7 @@ from qcportal.record_models import RecordStatusEnum
 from qcmb_fractal.plugin.client import add_qcmb_manybodys, qcmb_level_status, simple_specification
 from qcmb_fractal.plugin.conftest import wait_for, water_cluster
 from qcmb_fractal.plugin.server.record_socket import validated_input
-from qcmb_fractal.testing.fractal import PG_HOST, PG_PASSWORD, PG_PORT, PG_ROLE, drop_database, fresh_database
+from qcmb_fractal.testing.fractal import PG_HOST, PG_PASSWORD, PG_PORT, PG_ROLE, drop_database
 
 DB_NAME = "qcmb_plugin_cli"
 SERVER = [sys.executable, "-m", "qcmb_fractal.plugin.server"]
@@ -108,7 +108,10 @@ def connect(uri: str, timeout: float = 90.0) -> PortalClient:
 
 @pytest.mark.slow
 def test_real_server_refuses_installs_survives_sigkill_and_computes(tmp_path):
-    fresh_database(DB_NAME, plugin=False)  # an existing plain QCFractal database
+    # An existing plain QCFractal database, made by a process that never imported the plugin (QCFractal
+    # creates the tables of every imported model).
+    code = f"from qcmb_fractal.testing.fractal import fresh_database; fresh_database({DB_NAME!r}, plugin=False)"
+    subprocess.run([sys.executable, "-c", code], check=True)
     port = free_port()
     server_cfg, manager_cfg = write_configs(tmp_path, port)
 
