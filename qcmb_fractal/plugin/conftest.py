@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import qcengine
+from qcfractalcompute.apps.app_manager import discover_programs_conda
 from qcportal.molecules import Molecule
 from qcportal.record_models import RecordStatusEnum
 
@@ -69,11 +70,14 @@ def fractal(fault_dir):
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [str(FAULT_SITE), saved["PYTHONPATH"]] if p)
     os.environ["QCMB_FAULT_DIR"] = str(fault_dir)
     register_fault_program()  # the server validates program names against QCEngine's known harnesses
+    # The manager caches its program discovery per process; an earlier snowflake's list lacks faultxtb.
+    discover_programs_conda.cache_clear()
     try:
         with fractal_snowflake("qcmb_plugin_tests", plugin=True) as (snowflake, client):
             yield snowflake, client
     finally:
         qcengine.unregister_program(FAULT_PROGRAM)
+        discover_programs_conda.cache_clear()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
