@@ -1,6 +1,7 @@
 """QCManyBody's serial computer as the reference, plus input builders and a tolerance-aware comparison."""
 
 import contextlib
+import hashlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 from unittest import mock
@@ -74,10 +75,20 @@ def derivatives_from_return_result() -> Iterator[None]:
         yield
 
 
+_SERIAL: dict[str, ManyBodyResult] = {}
+
+
 def serial_reference(inp: ManyBodyInput) -> ManyBodyResult:
-    """QCManyBody's own serial computer on ``inp`` (see :func:`derivatives_from_return_result`)."""
-    with derivatives_from_return_result():
-        return ManyBodyComputer.from_manybodyinput(inp)
+    """QCManyBody's own serial computer on ``inp`` (see :func:`derivatives_from_return_result`).
+
+    Cached per input for the test session: several backends' tests compare against the same cases,
+    and the serial runs are the slowest part of the suite.
+    """
+    key = hashlib.sha256(inp.model_dump_json().encode()).hexdigest()
+    if key not in _SERIAL:
+        with derivatives_from_return_result():
+            _SERIAL[key] = ManyBodyComputer.from_manybodyinput(inp)
+    return _SERIAL[key]
 
 
 def differences(actual: Any, expected: Any, path: str = "") -> list[str]:
