@@ -1,6 +1,7 @@
 """QCManyBody's serial computer as the reference, plus input builders and a tolerance-aware comparison."""
 
 import contextlib
+import hashlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 from unittest import mock
@@ -79,14 +80,22 @@ def serial_qcengine(ncores: int | None = None) -> Iterator[None]:
         yield
 
 
+_SERIAL: dict[tuple[str, int | None], ManyBodyResult] = {}
+
+
 def serial_reference(inp: ManyBodyInput, *, ncores: int | None = 1) -> ManyBodyResult:
     """QCManyBody's own serial computer on ``inp`` (see :func:`serial_qcengine`).
 
     One core per job by default: the same numbers, minutes faster for xtb on a busy machine; pass
     ``ncores=None`` for QCEngine's own default (every core per job), as the benchmark's anchor does.
+    Cached per input for the test session: several backends' tests compare against the same cases,
+    and the serial runs are the slowest part of the suite.
     """
-    with serial_qcengine(ncores):
-        return ManyBodyComputer.from_manybodyinput(inp)
+    key = (hashlib.sha256(inp.model_dump_json().encode()).hexdigest(), ncores)
+    if key not in _SERIAL:
+        with serial_qcengine(ncores):
+            _SERIAL[key] = ManyBodyComputer.from_manybodyinput(inp)
+    return _SERIAL[key]
 
 
 def differences(actual: Any, expected: Any, path: str = "") -> list[str]:

@@ -114,16 +114,10 @@ def finish(proc: subprocess.Popen, tmp_path: Path) -> tuple[ManyBodyResult, str]
     return ManyBodyResult.model_validate_json((tmp_path / "result.json").read_text()), out
 
 
-_SERIAL: dict[str, ManyBodyResult] = {}
-
-
 def serial(inp: ManyBodyInput) -> ManyBodyResult:
-    """QCManyBody's serial computer on ``inp``, once per session, read back from JSON like the CLI's output
-    (arrays come back flat from JSON on both sides, so shapes compare like with like)."""
-    key = inp.model_dump_json()
-    if key not in _SERIAL:
-        _SERIAL[key] = ManyBodyResult.model_validate_json(serial_reference(inp).model_dump_json())
-    return _SERIAL[key]
+    """QCManyBody's serial computer on ``inp`` (cached per session), read back from JSON like the CLI's
+    output (arrays come back flat from JSON on both sides, so shapes compare like with like)."""
+    return ManyBodyResult.model_validate_json(serial_reference(inp).model_dump_json())
 
 
 def world_rank(process: psutil.Process) -> str | None:
