@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # End to end: a QCFractal server with the qcmb-fractal plugin on an existing PostgreSQL, one compute
 # manager, one many-body record submitted from QCPortal. Needs: pip install 'qcmb-fractal[server,xtb]'
-# and a PostgreSQL login role allowed to create databases (here: qcmb/qcmb on 127.0.0.1:5432).
+# and a PostgreSQL login role allowed to create databases (PGUSER/PGPASSWORD; scripts/postgres.sh
+# creates the default one, qcmb_test, on 127.0.0.1:5432).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 WORK=${WORK:-$(mktemp -d)}
 PORT=${PORT:-7777}
+PGUSER=${PGUSER:-qcmb_test}
+PGPASSWORD=${PGPASSWORD:-qcmb_test}
 cd "$WORK"
 
 cat > server.yaml <<YAML
@@ -15,8 +18,8 @@ enable_security: false          # turn on, and add users, for anything but a pri
 database:
   host: 127.0.0.1
   port: 5432
-  username: qcmb
-  password: qcmb
+  username: $PGUSER
+  password: $PGPASSWORD
   database_name: qcmb_fractal_example
   own: false                    # an existing PostgreSQL server, not one QCFractal starts itself
 api:
