@@ -20,27 +20,13 @@ from qcportal.singlepoint import QCSpecification
 from qcmb_fractal.plan.inputs import parse_plain_molecule
 from qcmb_fractal.plugin.client import add_qcmb_manybodys, simple_specification
 from qcmb_fractal.testing.fractal import fractal_snowflake
+from qcmb_fractal.testing.molecules import WATER_TRIMER_BOHR
 
-# QCManyBody's own test trimer (bohr); the hexamer stacks a copy 3 Å above it.
-TRIMER = """
-O      -2.76373224  -1.24377706  -0.15444566
-H      -1.12357791  -2.06227970  -0.05243799
-H      -3.80792362  -2.08705525   1.06090407
---
-O       2.46924614  -1.75437739  -0.17092884
-H       3.76368260  -2.21425403   1.00846104
-H       2.30598330   0.07098445  -0.03942473
---
-O       0.29127930   3.00875625   0.20308515
-H      -1.21253048   1.95820900   0.10303324
-H       0.10002049   4.24958115  -1.10222079
-units bohr
-"""
 STACK_SHIFT = 3.0 / 0.52917721067
 
 
 def waters(n: int) -> Molecule:
-    mol = parse_plain_molecule(TRIMER)
+    mol = parse_plain_molecule(WATER_TRIMER_BOHR)
     symbols, geometry, fragments = [], [], []
     for copy in range(n // 3):
         for frag in mol["fragments"]:

@@ -3,30 +3,18 @@
 python examples/plugin_submit.py http://127.0.0.1:7777
 """
 
+import json
 import sys
 import time
+from pathlib import Path
 
 from qcportal import PortalClient
 from qcportal.molecules import Molecule
 
 from qcmb_fractal.plugin.client import add_qcmb_manybodys, get_qcmb_manybodys, qcmb_level_status, simple_specification
 
-WATER_TRIMER = Molecule.from_data(
-    """
-    O      -2.76373224  -1.24377706  -0.15444566
-    H      -1.12357791  -2.06227970  -0.05243799
-    H      -3.80792362  -2.08705525   1.06090407
-    --
-    O       2.46924614  -1.75437739  -0.17092884
-    H       3.76368260  -2.21425403   1.00846104
-    H       2.30598330   0.07098445  -0.03942473
-    --
-    O       0.29127930   3.00875625   0.20308515
-    H      -1.21253048   1.95820900   0.10303324
-    H       0.10002049   4.24958115  -1.10222079
-    units bohr
-    """
-)
+# The water trimer of the NWChem example, read from that example's input.
+WATER_TRIMER = Molecule(**json.loads((Path(__file__).parent / "water3-nwchem-hf-cp.json").read_text())["molecule"])
 
 
 def main(uri: str) -> None:

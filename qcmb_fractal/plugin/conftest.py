@@ -18,29 +18,14 @@ from qcmb_fractal.plan.inputs import parse_plain_molecule
 from qcmb_fractal.plugin.server.fault_harness import FAULT_PROGRAM
 from qcmb_fractal.plugin.server.fault_harness import register as register_fault_program
 from qcmb_fractal.testing.fractal import fractal_snowflake
-
-# QCManyBody's own test trimer (qcmanybody/tests/common.py), in bohr.
-WATER_TRIMER = """
-O      -2.76373224  -1.24377706  -0.15444566
-H      -1.12357791  -2.06227970  -0.05243799
-H      -3.80792362  -2.08705525   1.06090407
---
-O       2.46924614  -1.75437739  -0.17092884
-H       3.76368260  -2.21425403   1.00846104
-H       2.30598330   0.07098445  -0.03942473
---
-O       0.29127930   3.00875625   0.20308515
-H      -1.21253048   1.95820900   0.10303324
-H       0.10002049   4.24958115  -1.10222079
-units bohr
-"""
+from qcmb_fractal.testing.molecules import WATER_TRIMER_BOHR
 
 FAULT_SITE = Path(__file__).parent / "server" / "fault_injection"
 
 
 def water_cluster(n: int = 3, shift: float = 0.0) -> Molecule:
     """The first ``n`` waters of the trimer, rigidly shifted so each test gets its own singlepoints."""
-    mol = parse_plain_molecule(WATER_TRIMER)
+    mol = parse_plain_molecule(WATER_TRIMER_BOHR)
     natom = 3 * n
     return Molecule(
         symbols=mol["symbols"][:natom],

@@ -23,7 +23,7 @@ import psutil
 from pebble import ProcessExpired, ProcessPool
 
 from qcmb_fractal.errors import InputError
-from qcmb_fractal.execute.base import Backend
+from qcmb_fractal.execute.base import Backend, add_option
 from qcmb_fractal.execute.resources import Resources, apply_worker_limits, check_disk, select_resources
 from qcmb_fractal.execute.worker import WorkerConfig, init_worker, run_fragment
 from qcmb_fractal.plan import FragmentTask, Plan
@@ -95,11 +95,11 @@ class LocalBackend(Backend):
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        group.add_argument("--workers", type=int, help="worker processes (default: what cores and memory allow)")
-        group.add_argument("--memory", type=float, help="memory per task in GiB (default: free memory / workers)")
-        group.add_argument("--cores-per-task", type=int, help="cores per task (default: cores / workers)")
-        group.add_argument("--scratch", help="parent directory for scratch files (default: the system's temp)")
-        group.add_argument("--timeout", type=float, help="seconds before a single calculation is killed")
+        add_option(group, "--workers", type=int, help="worker processes (default: what cores and memory allow)")
+        add_option(group, "--memory", type=float, help="memory per task in GiB (default: free memory / workers)")
+        add_option(group, "--cores-per-task", type=int, help="cores per task (default: cores / workers)")
+        add_option(group, "--scratch", help="parent directory for scratch files (default: the system's temp)")
+        add_option(group, "--timeout", type=float, help="seconds before a single calculation is killed")
 
     @classmethod
     def from_arguments(cls, args: argparse.Namespace) -> "LocalBackend":
