@@ -99,7 +99,8 @@ def singlepoints(client, plan: Plan, include: tuple[str, ...] = ()) -> list:
         method=spec.model.method,
         include=["molecule", "compute_history", *include],
     )
-    return [r for r in records if r.molecule.get_hash() in {_hash(plan, t) for t in plan.tasks}]
+    hashes = {_hash(plan, t) for t in plan.tasks}
+    return [r for r in records if r.molecule.get_hash() in hashes and r.specification.keywords == spec.keywords]
 
 
 def _hash(plan: Plan, task) -> str:
