@@ -8,6 +8,7 @@ server deduplicates identical singlepoints across tests just as it does across r
 import contextlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -23,7 +24,12 @@ from qcmb_fractal.drive.state import ComponentProperties
 from qcmb_fractal.errors import InputError, RunFailed
 from qcmb_fractal.execute import Runner
 from qcmb_fractal.execute.backends.local import LocalBackend
-from qcmb_fractal.execute.backends.qcportal import QCPortalBackend, connection_from_options, record_to_result
+from qcmb_fractal.execute.backends.qcportal import (
+    Connection,
+    QCPortalBackend,
+    connection_from_options,
+    record_to_result,
+)
 from qcmb_fractal.plan import Plan, manybody_input
 from qcmb_fractal.testing.molecules import water_cluster, water_trimer
 from qcmb_fractal.testing.programs import needs_nwchem, needs_xtb
@@ -385,3 +391,138 @@ def test_cli_options_reach_the_backend(monkeypatch):
     be = QCPortalBackend.from_arguments(args)
     assert (be.tag, be.priority, be.poll_interval) == ("gpu", "high", 30.0)
     assert be.connection is not None and be.connection.username == SUBMITTER
+
+
+# ---- the I/O thread's decisions, against a fake client that plants one fault each -------------------------------
+
+
+def fake_record(rid: int, status: str, **fields) -> SimpleNamespace:
+    return SimpleNamespace(
+        id=rid, status=SimpleNamespace(value=status), manager_name=None, compute_history_=None, **fields
+    )
+
+
+def test_bad_backend_settings_are_input_errors_and_submit_needs_start():
+    conn = connection_from_options("https://qca.example.org", environ={})
+    with pytest.raises(InputError, match="server connection"):
+        QCPortalBackend()
+    with pytest.raises(InputError, match="--priority must be one of low, normal, high, not 'urgent'"):
+        QCPortalBackend(conn, priority="urgent")
+    with pytest.raises(InputError, match="--poll-interval must be a positive"):
+        QCPortalBackend(conn, poll_interval=0)
+    with pytest.raises(RuntimeError, match="start"):
+        QCPortalBackend(conn).submit_many([])
+
+
+def test_token_with_username_and_a_missing_config_file_are_input_errors(tmp_path):
+    with pytest.raises(InputError, match="not both"):
+        connection_from_options("https://a.org", username="bob", environ={"QCPORTAL_API_TOKEN": "t"})
+    with pytest.raises(InputError, match="does not exist"):
+        connection_from_options("mine", config_file=str(tmp_path / "nope.yaml"), environ={})
+    (tmp_path / "qcportal_config.yaml").write_text("address: http://localhost:1\n")
+    conn = connection_from_options(None, config_file=str(tmp_path), environ={})
+    assert (conn.config_file, conn.server) == (str(tmp_path / "qcportal_config.yaml"), None)
+
+
+def test_a_server_missing_from_the_config_file_is_an_input_error_naming_it(tmp_path):
+    config = tmp_path / "qcportal_config.yaml"
+    config.write_text("mine:\n  address: http://localhost:1\n")
+    with pytest.raises(InputError, match=re.escape(f"cannot connect to the QCFractal server theirs in {config}")):
+        Connection(config_file=str(config), server="theirs").connect()
+
+
+def test_only_connection_failures_and_server_errors_are_transient():
+    from qcmb_fractal.execute.backends.qcportal import _is_transient
+
+    assert _is_transient(ConnectionRefusedError())
+    assert _is_transient(type("FaultServerError", (Exception,), {"status_code": 503})())
+    assert not _is_transient(type("FaultForbidden", (Exception,), {"status_code": 403})())
+    assert not _is_transient(ValueError("bad"))
+
+
+def test_unfinished_errored_and_unreadable_records_are_failed_attempts():
+    plan = Plan(xtb_input(water_cluster(2), 2))
+    be = QCPortalBackend(client=SimpleNamespace(address="http://fake"))
+    be.plan, task = plan, plan.tasks[0]
+    cancelled = be._outcome(task, fake_record(5, "cancelled"))
+    assert (cancelled.success, cancelled.error, cancelled.reference) == (
+        False,
+        "singlepoint record 5 is cancelled on the server",
+        "5",
+    )
+    errored = be._outcome(task, fake_record(6, "error", error={"error_type": "scf", "error_message": "diverged"}))
+    assert errored.error == "scf: diverged (record 6)"
+
+    class FaultRecord(SimpleNamespace):
+        @property
+        def error(self):
+            raise ConnectionError("gone")
+
+    hidden = FaultRecord(id=7, status=SimpleNamespace(value="error"))
+    assert be._error_text(hidden) == "singlepoint record 7 errored (error text unavailable: gone)"
+    broken = be._outcome(task, fake_record(8, "complete", properties={"return_energy": "not a number"}, extras={}))
+    assert not broken.success and broken.error.startswith("record 8 unreadable")
+
+
+def test_a_refused_reset_is_no_crash_but_an_outage_during_it_is_retried(caplog):
+    be = QCPortalBackend(client=SimpleNamespace(address="http://fake"))
+
+    def fault_forbidden(ids):
+        raise type("FaultForbidden", (Exception,), {"status_code": 403})("not yours")
+
+    def fault_outage(ids):
+        raise ConnectionRefusedError("down")
+
+    assert be._modify(lambda ids: None, [1], "reset")
+    assert not be._modify(fault_forbidden, [1, 2], "reset")
+    assert "cannot reset records [1, 2]: not yours" in caplog.text
+    with pytest.raises(ConnectionRefusedError):
+        be._modify(fault_outage, [1], "reset")
+
+
+def test_missing_managers_are_warned_about_and_a_forbidden_listing_is_ignored(caplog):
+    managers = [
+        SimpleNamespace(programs=["psi4"], compute_tags=["*"]),
+        SimpleNamespace(programs=["xtb"], compute_tags=["cpu"]),
+    ]
+    be = QCPortalBackend(client=SimpleNamespace(query_managers=lambda status: managers), tag="gpu")
+    be._warn_without_managers({"xtb", "psi4"})
+    assert "no active compute manager runs xtb for tag 'gpu'" in caplog.text
+    assert "runs psi4" not in caplog.text
+
+    def fault_forbidden(status):
+        raise PermissionError("forbidden")
+
+    caplog.clear()
+    QCPortalBackend(client=SimpleNamespace(query_managers=fault_forbidden))._warn_without_managers({"xtb"})
+    assert "no active compute manager" not in caplog.text
+
+
+def test_a_refused_batch_fails_its_tasks_and_a_failed_send_is_queued_again():
+    from concurrent.futures import Future
+
+    from qcmb_fractal.execute.backends.qcportal import _Submission
+
+    plan = Plan(xtb_input(water_cluster(2), 2))
+    meta = SimpleNamespace(errors=[], error_string="unknown program", existing_idx=[], inserted_idx=[])
+    client = SimpleNamespace(address="http://fake", api_limits={}, add_singlepoints=lambda *a, **k: (meta, []))
+    be = QCPortalBackend(client=client)
+    be.plan = plan
+    refused = [_Submission(t, Future()) for t in plan.tasks[:2]]
+    be._queue = list(refused)
+    assert be._submit_queued() == 2
+    for sub in refused:
+        outcome = sub.future.result(timeout=0)
+        assert (outcome.success, outcome.error) == (False, "the server refused this singlepoint: unknown program")
+    assert not be._pending and not be._queue
+
+    def fault_outage(*args, **kwargs):
+        raise ConnectionRefusedError("down")
+
+    subs = [_Submission(t, Future()) for t in plan.tasks[:2]]
+    be.client = SimpleNamespace(address="http://fake", api_limits={"add_records": 1}, add_singlepoints=fault_outage)
+    be._queue = list(subs)
+    with pytest.raises(ConnectionRefusedError):
+        be._submit_queued()
+    assert [s.task.hash for s in be._queue] == [s.task.hash for s in subs]
+    assert not any(s.future.done() for s in subs)
