@@ -15,6 +15,7 @@ import sysconfig
 import time
 from functools import cache
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
@@ -275,3 +276,158 @@ def test_compute_child_environment_drops_the_launchers_variables():
         "OMP_NUM_THREADS": "1",
     }
     assert launcher_free_environment(env) == {"PATH": "/usr/bin", "LD_LIBRARY_PATH": "/opt/lib", "OMP_NUM_THREADS": "1"}
+
+
+# ---- rank 0's scheduling, against a fake communicator (no mpiexec) ---------------------------------------------
+
+
+class FakeMPIError(Exception):
+    """Stands in for mpi4py's MPI.Exception; ``code`` is the MPI error class."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"fake MPI error {code}")
+        self.code = code
+
+    def Get_error_class(self) -> int:
+        return self.code
+
+
+class FakeStatus:
+    source = tag = -1
+
+    def Get_source(self) -> int:
+        return self.source
+
+    def Get_tag(self) -> int:
+        return self.tag
+
+
+class FakeComm:
+    """Records what rank 0 sends and hands out planted messages (source, tag, payload) in order."""
+
+    def __init__(self, inbox=(), failed=()) -> None:
+        self.sent: list = []
+        self.inbox = list(inbox)
+        self.failed = list(failed)
+        self.acked = False
+
+    def isend(self, payload, dest, tag):
+        self.sent.append((dest, tag, payload))
+        return SimpleNamespace(Test=lambda: True)
+
+    def improbe(self, source, tag, status):
+        if not self.inbox:
+            return None
+        status.source, status.tag, payload = self.inbox.pop(0)
+        if isinstance(payload, FakeMPIError):
+            raise payload
+        return SimpleNamespace(recv=lambda: payload)
+
+    def Get_failed(self):
+        return SimpleNamespace(ranks=self.failed, Get_size=lambda: len(self.failed), Free=lambda: None)
+
+    def Get_group(self):
+        return SimpleNamespace(Free=lambda: None)
+
+    def Ack_failed(self):
+        self.acked = True
+
+
+FAKE_MPI = SimpleNamespace(
+    Exception=FakeMPIError,
+    ERR_PROC_FAILED=75,
+    ANY_SOURCE=-1,
+    ANY_TAG=-1,
+    Status=FakeStatus,
+    Group=SimpleNamespace(Translate_ranks=lambda group, ranks, world: group.ranks),
+)
+
+
+def fake_hub(comm: FakeComm, ranks=(1, 2)):
+    from qcmb_fractal.execute.backends.mpi import ReadyMessage, _Hub
+
+    return _Hub(comm, FAKE_MPI, [ReadyMessage(rank=r, name=f"mpi-rank-{r}", host="h") for r in ranks])
+
+
+def queue(hub, tasks):
+    from concurrent.futures import Future
+
+    futures = [Future() for _ in tasks]
+    hub.queue.extend(zip(tasks, futures, strict=True))
+    return futures
+
+
+def test_window_follows_each_ranks_pace():
+    from qcmb_fractal.execute.backends.mpi import MAX_WINDOW, ReadyMessage, _Peer
+
+    peer = _Peer(ReadyMessage(rank=1, name="mpi-rank-1", host="h"))
+    assert peer.window == 2
+    for mean, window in ((1.0, 2), (0.01, 26), (1e-6, MAX_WINDOW)):
+        peer.mean_task_seconds = mean
+        assert peer.window == window
+
+
+def test_dispatch_shares_the_queue_and_keeps_a_failed_task_off_its_rank():
+    from qcmb_fractal.execute.backends.mpi import TAG_TASKS, TaskOutcome
+
+    tasks = Plan(xtb_input(3, 2)).tasks[:4]
+    comm = FakeComm()
+    hub = fake_hub(comm)
+    hub.failed_on[tasks[0].hash] = {1}
+    futures = queue(hub, tasks)
+    assert hub.dispatch() and hub.busy()
+    sent = {dest: [t.hash for t in batch] for dest, tag, batch in comm.sent if tag == TAG_TASKS}
+    assert tasks[0].hash in sent[2] and tasks[0].hash not in sent[1]
+    assert sorted(h for batch in sent.values() for h in batch) == sorted(t.hash for t in tasks)
+
+    outcome = TaskOutcome(hash=tasks[0].hash, success=False, error="scf", worker="mpi-rank-2", wall_time=0.5)
+    hub._results(hub.peers[2], [outcome, outcome])  # a duplicate is ignored
+    assert futures[0].result(timeout=0) == outcome
+    assert hub.failed_on[tasks[0].hash] == {1, 2} and hub.peers[2].mean_task_seconds == 0.5
+
+
+def test_a_rank_that_stops_fails_its_tasks_once_and_then_the_queue_fails():
+    from qcmb_fractal.execute.backends.mpi import TAG_FATAL
+
+    tasks = Plan(xtb_input(3, 2)).tasks[:3]
+    comm = FakeComm(inbox=[(1, TAG_FATAL, "MemoryError: out of memory"), (9, TAG_FATAL, "not a peer")])
+    hub = fake_hub(comm, ranks=(1,))
+    futures = queue(hub, tasks)
+    hub.dispatch()
+    assert hub.receive()
+    lost = futures[0].result(timeout=0)
+    assert (lost.success, lost.error) == (False, "mpi-rank-1 stopped: MemoryError: out of memory")
+    assert hub.failed_on[tasks[0].hash] == {1}
+    assert not hub.dispatch()
+    with pytest.raises(RuntimeError, match="every MPI worker rank has stopped"):
+        futures[2].result(timeout=0)
+
+
+def test_a_dead_rank_found_by_a_probe_is_taken_out_under_ulfm():
+    from qcmb_fractal.execute.backends.mpi import is_process_failure
+
+    assert is_process_failure(FAKE_MPI, FakeMPIError(75)) and not is_process_failure(FAKE_MPI, FakeMPIError(1))
+    assert not is_process_failure(FAKE_MPI, RuntimeError("not MPI"))
+    tasks = Plan(xtb_input(3, 2)).tasks[:2]
+    comm = FakeComm(inbox=[(-1, -1, FakeMPIError(75))], failed=[2])
+    hub = fake_hub(comm)
+    futures = queue(hub, tasks)
+    hub.dispatch()
+    assert not hub.receive()
+    assert comm.acked and hub.peers[2].dead and not hub.peers[2].alive
+    assert futures[1].result(timeout=0).error == "mpi-rank-2 died"
+    comm.inbox = [(-1, -1, FakeMPIError(1))]
+    with pytest.raises(FakeMPIError):
+        hub.receive()
+
+
+def test_release_stops_live_ranks_and_waits_for_their_goodbye():
+    from qcmb_fractal.execute.backends.mpi import TAG_BYE, TAG_RESULTS, TAG_STOP
+
+    comm = FakeComm(inbox=[(1, TAG_RESULTS, []), (1, TAG_BYE, None), (3, TAG_BYE, None)])
+    hub = fake_hub(comm, ranks=(1, 2, 3))
+    hub.peers[2].dead = True
+    hub.results = 1
+    hub.release_workers()
+    assert [(dest, tag) for dest, tag, _ in comm.sent] == [(1, TAG_STOP), (3, TAG_STOP)]
+    assert not comm.inbox and not hub.sends
