@@ -332,6 +332,9 @@ class FakeComm:
     def Ack_failed(self):
         self.acked = True
 
+    def send(self, payload, dest, tag):
+        self.sent.append((dest, tag, payload))
+
 
 FAKE_MPI = SimpleNamespace(
     Exception=FakeMPIError,
@@ -340,6 +343,7 @@ FAKE_MPI = SimpleNamespace(
     ANY_TAG=-1,
     Status=FakeStatus,
     Group=SimpleNamespace(Translate_ranks=lambda group, ranks, world: group.ranks),
+    Request=SimpleNamespace(Waitall=lambda requests: None),
 )
 
 
@@ -431,3 +435,66 @@ def test_release_stops_live_ranks_and_waits_for_their_goodbye():
     hub.release_workers()
     assert [(dest, tag) for dest, tag, _ in comm.sent] == [(1, TAG_STOP), (3, TAG_STOP)]
     assert not comm.inbox and not hub.sends
+
+
+def fake_worker_rank(comm: FakeComm):
+    from qcmb_fractal.execute.backends.mpi import _WorkerRank
+
+    return _WorkerRank(SimpleNamespace(comm=comm, MPI=FAKE_MPI, rank=1, node_ranks=[0, 1]))
+
+
+def test_a_worker_rank_told_to_stop_before_start_says_goodbye():
+    from qcmb_fractal.execute.backends.mpi import TAG_BYE, TAG_STOP
+
+    comm = FakeComm(inbox=[(0, TAG_STOP, None)])
+    assert fake_worker_rank(comm).run() == 0
+    assert comm.sent == [(0, TAG_BYE, None)]
+
+
+def test_a_worker_rank_that_cannot_start_reports_why_and_waits_for_stop():
+    from qcmb_fractal.execute.backends.mpi import TAG_BYE, TAG_READY, TAG_START, TAG_STOP, TAG_TASKS, StartMessage
+
+    start = StartMessage(input_json=xtb_input(2, 2).model_dump_json(), cores_per_task=100_000)
+    comm = FakeComm(inbox=[(0, TAG_START, start), (0, TAG_TASKS, []), (0, TAG_STOP, None)])
+    assert fake_worker_rank(comm).run() == 0
+    (dest, tag, ready), bye = comm.sent
+    assert (dest, tag, ready.rank, ready.name) == (0, TAG_READY, 1, "mpi-rank-1")
+    assert "--cores-per-task must be between 1 and" in ready.error
+    assert bye == (0, TAG_BYE, None) and not comm.inbox
+
+
+def test_a_worker_rank_stops_when_rank_0_dies_under_ulfm(caplog):
+    comm = FakeComm(inbox=[(0, -1, FakeMPIError(75))])
+    assert fake_worker_rank(comm).run() == 1
+    assert "mpi-rank-1: rank 0 died" in caplog.text
+    comm.inbox = [(0, -1, FakeMPIError(1))]
+    with pytest.raises(FakeMPIError):
+        fake_worker_rank(comm).run()
+
+
+def test_a_crashed_calculation_is_a_failed_outcome_returned_with_the_batch():
+    from concurrent.futures import Future
+
+    from pebble import ProcessExpired
+
+    from qcmb_fractal.execute.backends.mpi import TAG_RESULTS
+
+    task = Plan(xtb_input(2, 2)).tasks[0]
+    comm = FakeComm()
+    rank = fake_worker_rank(comm)
+    crashed: Future = Future()
+    crashed.set_exception(ProcessExpired("Abnormal termination", code=-9, pid=1234))
+    rank._collect(task, crashed)
+    rank._flush(force=False)
+    assert comm.sent == [] and len(rank.outbox) == 1
+    rank._flush(force=True)
+    ((dest, tag, [outcome]),) = comm.sent
+    assert (dest, tag, outcome.hash, outcome.success, outcome.worker) == (
+        0,
+        TAG_RESULTS,
+        task.hash,
+        False,
+        "mpi-rank-1",
+    )
+    assert outcome.error == "worker process died (signal 9) while running this calculation"
+    assert rank.outbox == [] and rank.sends == []
