@@ -84,3 +84,17 @@ def test_corrupted_file_is_moved_aside(tmp_path: Path, plan: Plan) -> None:
     assert set(fresh.load({plan.tasks[1].hash})) == {plan.tasks[1].hash}
     with pytest.raises(sqlite3.DatabaseError):
         sqlite3.connect(aside[0]).execute("SELECT * FROM results").fetchall()
+
+
+def test_unusable_paths_are_input_errors_and_leave_the_file_alone(tmp_path: Path) -> None:
+    from qcmb_fractal.errors import InputError
+
+    with pytest.raises(InputError, match="is a directory; give a file name such as"):
+        Checkpoint(tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="cannot create the checkpoint's directory"):
+        Checkpoint(tmp_path / "file" / "run.sqlite")
+    # a directory only once its parent exists: SQLite cannot open it, and nothing is moved aside
+    with pytest.raises(InputError, match=r"cannot use checkpoint .*unable to open database file"):
+        Checkpoint(tmp_path / "new" / "..")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "new"]
