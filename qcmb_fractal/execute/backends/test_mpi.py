@@ -498,3 +498,56 @@ def test_a_crashed_calculation_is_a_failed_outcome_returned_with_the_batch():
     )
     assert outcome.error == "worker process died (signal 9) while running this calculation"
     assert rank.outbox == [] and rank.sends == []
+
+
+def test_cancelled_tasks_are_not_sent_and_shutdown_fails_what_is_left():
+    from qcmb_fractal.execute.backends.mpi import TAG_TASKS
+
+    tasks = Plan(xtb_input(3, 2)).tasks[:3]
+    comm = FakeComm()
+    hub = fake_hub(comm, ranks=(1,))
+    futures = queue(hub, tasks)
+    futures[0].cancel()
+    hub.dispatch()
+    ((dest, tag, batch),) = comm.sent
+    assert (dest, tag, [t.hash for t in batch]) == (1, TAG_TASKS, [t.hash for t in tasks[1:]])
+    hub.fail_all("shut down")
+    for fut in futures[1:]:
+        with pytest.raises(RuntimeError, match="shut down"):
+            fut.result(timeout=0)
+    assert not hub.busy()
+
+
+def test_a_send_to_a_dead_rank_takes_it_out_and_other_send_errors_propagate():
+    tasks = Plan(xtb_input(3, 2)).tasks[:2]
+    comm = FakeComm(failed=[1])
+    hub = fake_hub(comm, ranks=(1,))
+    futures = queue(hub, tasks)
+
+    def fault_isend(payload, dest, tag):
+        raise FakeMPIError(75)
+
+    comm.isend = fault_isend
+    hub.dispatch()
+    assert hub.peers[1].dead and futures[0].result(timeout=0).error == "mpi-rank-1 died"
+
+    def fault_test():
+        raise FakeMPIError(1)
+
+    hub.sends = [SimpleNamespace(Test=fault_test)]
+    with pytest.raises(FakeMPIError):
+        hub._reap()
+
+    def fault_isend_other(payload, dest, tag):
+        raise FakeMPIError(1)
+
+    comm.isend = fault_isend_other
+    with pytest.raises(FakeMPIError):
+        hub._send([], 1, 0)
+
+
+def test_open_mpis_library_path_goes_entirely_when_nothing_else_is_on_it():
+    from qcmb_fractal.execute.backends.mpi import launcher_free_environment
+
+    env = {"OPAL_PREFIX": "/opt/openmpi", "LD_LIBRARY_PATH": "/opt/openmpi/lib", "HOME": "/root"}
+    assert launcher_free_environment(env) == {"HOME": "/root"}
