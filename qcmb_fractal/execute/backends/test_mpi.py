@@ -21,6 +21,7 @@ import psutil
 import pytest
 from qcmanybody.models.v2 import ManyBodyInput, ManyBodyResult
 
+from qcmb_fractal.errors import InputError
 from qcmb_fractal.execute.backends.test_local_reference import CASES
 from qcmb_fractal.plan import Plan
 from qcmb_fractal.testing.molecules import water_cluster, water_cluster_text
@@ -312,7 +313,11 @@ class FakeComm:
         self.acked = False
 
     def isend(self, payload, dest, tag):
+        from qcmb_fractal.execute.backends.mpi import TAG_BYE, TAG_STOP
+
         self.sent.append((dest, tag, payload))
+        if tag == TAG_STOP:  # as a worker rank does
+            self.inbox.append((dest, TAG_BYE, None))
         return SimpleNamespace(Test=lambda: True)
 
     def improbe(self, source, tag, status):
@@ -426,9 +431,9 @@ def test_a_dead_rank_found_by_a_probe_is_taken_out_under_ulfm():
 
 
 def test_release_stops_live_ranks_and_waits_for_their_goodbye():
-    from qcmb_fractal.execute.backends.mpi import TAG_BYE, TAG_RESULTS, TAG_STOP
+    from qcmb_fractal.execute.backends.mpi import TAG_RESULTS, TAG_STOP
 
-    comm = FakeComm(inbox=[(1, TAG_RESULTS, []), (1, TAG_BYE, None), (3, TAG_BYE, None)])
+    comm = FakeComm(inbox=[(1, TAG_RESULTS, [])])  # a late result before the goodbyes is dropped
     hub = fake_hub(comm, ranks=(1, 2, 3))
     hub.peers[2].dead = True
     hub.results = 1
@@ -551,3 +556,71 @@ def test_open_mpis_library_path_goes_entirely_when_nothing_else_is_on_it():
 
     env = {"OPAL_PREFIX": "/opt/openmpi", "LD_LIBRARY_PATH": "/opt/openmpi/lib", "HOME": "/root"}
     assert launcher_free_environment(env) == {"HOME": "/root"}
+
+
+class FakeWorld(FakeComm):
+    """COMM_WORLD of ``size`` ranks as seen from ``rank``; ``ready`` is what the worker ranks answer to start."""
+
+    def __init__(self, rank: int, size: int, ready=()) -> None:
+        super().__init__()
+        self.rank, self.size, self.ready = rank, size, list(ready)
+
+    def Get_rank(self):
+        return self.rank
+
+    def Get_size(self):
+        return self.size
+
+    def Split_type(self, kind):
+        return SimpleNamespace(allgather=lambda rank: list(range(self.size)), Free=lambda: None)
+
+    def recv(self, source, tag):
+        return self.ready.pop(0)
+
+
+def fake_mpi_backend(monkeypatch, world: FakeWorld, thread_level: int = 3):
+    from qcmb_fractal.execute.backends import mpi
+
+    fake = SimpleNamespace(
+        **vars(FAKE_MPI), COMM_WORLD=world, COMM_TYPE_SHARED=0, THREAD_SERIALIZED=2, Query_thread=lambda: thread_level
+    )
+    monkeypatch.setattr(mpi, "_mpi", lambda: fake)
+    monkeypatch.setattr(mpi.atexit, "register", lambda *args, **kwargs: None)
+    monkeypatch.setattr(mpi.multiprocessing.current_process(), "name", "MainProcess")
+    return mpi.MPIBackend()
+
+
+def test_backend_refuses_a_library_without_serialized_threads_and_misplaced_calls(monkeypatch):
+    with pytest.raises(InputError, match="below MPI_THREAD_SERIALIZED"):
+        fake_mpi_backend(monkeypatch, FakeWorld(0, 2), thread_level=1)
+    worker = fake_mpi_backend(monkeypatch, FakeWorld(1, 3))
+    assert not worker.is_driver and worker.node_ranks == [0, 1, 2] and worker.workers == 2
+    with pytest.raises(RuntimeError, match="rank 0 only"):
+        worker.start(Plan(xtb_input(2, 2)))
+    worker.shutdown()  # nothing to release from a worker rank
+    assert worker.comm.sent == []
+    driver = fake_mpi_backend(monkeypatch, FakeWorld(0, 2))
+    with pytest.raises(RuntimeError, match="rank 0 drives"):
+        driver.serve()
+    with pytest.raises(RuntimeError, match="before submit"):
+        driver.submit(Plan(xtb_input(2, 2)).tasks[0])
+
+
+def test_worker_ranks_that_cannot_start_are_one_input_error_and_all_are_released(monkeypatch):
+    from qcmb_fractal.execute.backends.mpi import TAG_START, TAG_STOP, ReadyMessage
+
+    ready = [
+        ReadyMessage(rank=1, name="mpi-rank-1", host="n1", error="--memory 9e9 GiB per task is not possible here"),
+        ReadyMessage(rank=2, name="mpi-rank-2", host="n1", ncores=1, memory=1.0),
+    ]
+    world = FakeWorld(0, 3, ready)
+    backend = fake_mpi_backend(monkeypatch, world)
+    with pytest.raises(InputError, match="rank 1 on n1: --memory 9e9 GiB per task is not possible here"):
+        backend.start(Plan(xtb_input(2, 2)))
+    assert [(dest, tag) for dest, tag, _ in world.sent] == [
+        (1, TAG_START),
+        (2, TAG_START),
+        (1, TAG_STOP),
+        (2, TAG_STOP),
+    ]
+    assert not world.inbox
