@@ -624,3 +624,40 @@ def test_worker_ranks_that_cannot_start_are_one_input_error_and_all_are_released
         (2, TAG_STOP),
     ]
     assert not world.inbox
+
+
+def sent_tasks(world: FakeWorld, count: int) -> None:
+    """Wait (up to a minute) until the communication thread has sent ``count`` task messages."""
+    from qcmb_fractal.execute.backends.mpi import TAG_TASKS
+
+    for _ in range(60_000):
+        if sum(tag == TAG_TASKS for _, tag, _ in list(world.sent)) >= count:
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"the communication thread sent fewer than {count} task messages")
+
+
+def test_the_communication_thread_returns_results_and_a_failure_in_it_fails_every_future(monkeypatch):
+    from qcmb_fractal.execute.backends.mpi import TAG_RESULTS, ReadyMessage, TaskOutcome
+
+    tasks = Plan(xtb_input(3, 2)).tasks[:2]
+    world = FakeWorld(0, 2, [ReadyMessage(rank=1, name="mpi-rank-1", host="n1", ncores=1, memory=1.0)])
+    backend = fake_mpi_backend(monkeypatch, world)
+    backend.start(Plan(xtb_input(3, 2)))
+    with pytest.raises(RuntimeError, match="already called"):
+        backend.start(Plan(xtb_input(3, 2)))
+    first = backend.submit(tasks[0])
+    sent_tasks(world, 1)
+    done = TaskOutcome(hash=tasks[0].hash, success=True, worker="mpi-rank-1", wall_time=0.1)
+    world.inbox.append((1, TAG_RESULTS, [done]))
+    assert first.result(timeout=60) == done
+
+    second = backend.submit(tasks[1])
+    sent_tasks(world, 2)
+    world.inbox.append((1, TAG_RESULTS, FakeMPIError(1)))  # the library itself fails
+    with pytest.raises(RuntimeError, match="MPI communication failed: fake MPI error 1"):
+        second.result(timeout=60)
+    backend._thread.join(timeout=60)
+    with pytest.raises(RuntimeError, match="communication thread failed"):
+        backend.submit(tasks[1])
+    backend.shutdown()
