@@ -661,3 +661,29 @@ def test_the_communication_thread_returns_results_and_a_failure_in_it_fails_ever
     with pytest.raises(RuntimeError, match="communication thread failed"):
         backend.submit(tasks[1])
     backend.shutdown()
+
+
+def test_without_mpi4py_the_backend_says_how_to_install_it(monkeypatch):
+    from qcmb_fractal.execute.backends.mpi import _mpi
+
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    with pytest.raises(InputError, match=re.escape("pip install 'qcmb-fractal[mpi]'")):
+        _mpi()
+
+
+def test_a_rank_that_never_says_goodbye_aborts_the_job(monkeypatch, caplog):
+    from qcmb_fractal.execute.backends import mpi
+
+    class FaultSilentComm(FakeComm):
+        def isend(self, payload, dest, tag):  # the stop is sent, no goodbye ever comes
+            self.sent.append((dest, tag, payload))
+            return SimpleNamespace(Test=lambda: True)
+
+        def Abort(self, code):
+            raise SystemExit(code)
+
+    monkeypatch.setattr(mpi, "RELEASE_TIMEOUT_SECONDS", 0)
+    with pytest.raises(SystemExit) as stopped:
+        fake_hub(FaultSilentComm(), ranks=(1,)).release_workers()
+    assert stopped.value.code == 1
+    assert "MPI ranks [1] did not stop within 0 s; aborting the job" in caplog.text
