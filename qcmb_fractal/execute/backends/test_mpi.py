@@ -687,3 +687,22 @@ def test_a_rank_that_never_says_goodbye_aborts_the_job(monkeypatch, caplog):
         fake_hub(FaultSilentComm(), ranks=(1,)).release_workers()
     assert stopped.value.code == 1
     assert "MPI ranks [1] did not stop within 0 s; aborting the job" in caplog.text
+
+
+def test_a_worker_rank_whose_loop_fails_reports_it_and_waits_for_stop():
+    from qcmb_fractal.execute.backends.mpi import TAG_BYE, TAG_FATAL, TAG_READY, TAG_START, TAG_STOP, ReadyMessage
+
+    comm = FakeComm(inbox=[(0, TAG_START, None), (0, TAG_STOP, None)])
+    rank = fake_worker_rank(comm)
+    rank._setup = lambda start: ReadyMessage(rank=1, name="mpi-rank-1", host="n1", ncores=1, memory=1.0)
+
+    def fault_loop(status):
+        raise OSError("No space left on device")
+
+    rank._loop = fault_loop
+    assert rank.run() == 0
+    assert [(tag, payload) for _, tag, payload in comm.sent[1:]] == [
+        (TAG_FATAL, "OSError: No space left on device"),
+        (TAG_BYE, None),
+    ]
+    assert comm.sent[0][1] == TAG_READY and not comm.inbox
