@@ -207,7 +207,7 @@ class LocalBackend(Backend):
             self.scratch_dir = None
 
 
-def _die_with_children(signum: int, _frame: object) -> None:
+def _die_with_children(signum: int, _frame: object) -> None:  # pragma: no cover - ends by os._exit, unrecorded
     """Pebble stops a worker (timeout, shutdown) with SIGTERM: take the QC program down with it."""
     _kill_group(os.getpid())
     os._exit(128 + signum)
