@@ -536,6 +536,13 @@ def test_a_send_to_a_dead_rank_takes_it_out_and_other_send_errors_propagate():
     hub.dispatch()
     assert hub.peers[1].dead and futures[0].result(timeout=0).error == "mpi-rank-1 died"
 
+    def fault_test_dead():
+        raise FakeMPIError(75)
+
+    hub.sends = [SimpleNamespace(Test=fault_test_dead), SimpleNamespace(Test=lambda: False)]
+    hub._reap()  # the dead rank's send is dropped, the pending one kept
+    assert len(hub.sends) == 1 and hub.peers[1].dead
+
     def fault_test():
         raise FakeMPIError(1)
 
