@@ -526,3 +526,31 @@ def test_a_refused_batch_fails_its_tasks_and_a_failed_send_is_queued_again():
         be._submit_queued()
     assert [s.task.hash for s in be._queue] == [s.task.hash for s in subs]
     assert not any(s.future.done() for s in subs)
+
+
+def test_deleted_and_cancelled_records_are_revived_before_another_attempt():
+    class FakeClient:
+        api_limits: dict = {}
+
+        def __init__(self) -> None:
+            self.status = {1: "deleted", 2: "cancelled", 3: "complete"}
+            self.calls: list = []
+
+        def get_records(self, ids, include):
+            return [fake_record(i, self.status[i]) for i in ids]
+
+        def undelete_records(self, ids):
+            self.calls.append(("undelete", ids))
+            self.status.update(dict.fromkeys(ids, "error"))  # what it was before deletion
+
+        def uncancel_records(self, ids):
+            self.calls.append(("uncancel", ids))
+
+        def reset_records(self, ids):
+            self.calls.append(("reset", ids))
+
+    client = FakeClient()
+    be = QCPortalBackend(client=client)
+    be._revive([1, 2, 3])
+    assert client.calls == [("undelete", [1]), ("uncancel", [2]), ("reset", [1])]
+    assert be.resets == 1
