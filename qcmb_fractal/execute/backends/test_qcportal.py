@@ -530,9 +530,8 @@ def test_a_refused_batch_fails_its_tasks_and_a_failed_send_is_queued_again():
 
 def test_deleted_and_cancelled_records_are_revived_before_another_attempt():
     class FakeClient:
-        api_limits: dict = {}
-
         def __init__(self) -> None:
+            self.api_limits: dict = {}
             self.status = {1: "deleted", 2: "cancelled", 3: "complete"}
             self.calls: list = []
 
