@@ -21,7 +21,6 @@ import subprocess
 import sys
 import time
 from typing import Any
-from unittest import mock
 
 CASES: dict[str, dict[str, Any]] = {
     "nwchem-w6": {
@@ -74,17 +73,9 @@ def measure_run(name: str, variant: str) -> dict[str, Any]:
         with LocalBackend(2) as backend:
             result = Runner(Plan(inp), backend, progress=False).run()
     elif variant == "serial-1core":
-        import qcengine
-
-        original = qcengine.compute
-
-        def one_core(*args: Any, **kwargs: Any) -> Any:
-            return original(*args, **{**kwargs, "task_config": {**(kwargs.get("task_config") or {}), "ncores": 1}})
-
-        with mock.patch("qcengine.compute", one_core):
-            result = serial_reference(inp)
+        result = serial_reference(inp, ncores=1)
     else:
-        result = serial_reference(inp)
+        result = serial_reference(inp, ncores=None)
     wall = time.perf_counter() - start
     return {"wall": wall, "tasks": ntasks, "energy": float(result.properties.return_energy)}
 
@@ -105,14 +96,21 @@ def measure_planning(waters: int, max_nbody: int) -> dict[str, Any]:
     return {"wall": wall, "tasks": len(plan.tasks), "peak_mib": peak_rss_mib(), "baseline_mib": baseline}
 
 
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def child(args: list[str]) -> dict[str, Any]:
+    """Run one measurement in a fresh process; add the CPU seconds of its whole process tree."""
     env = {"OMPI_MCA_pml": "ob1", **os.environ}  # what the local backend's workers use, unless set
+    cpu = children_cpu()
     out = subprocess.run(
         [sys.executable, __file__, *args], capture_output=True, text=True, env=env, check=False, timeout=3600
     )
     if out.returncode:
         raise RuntimeError(f"{' '.join(args)} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "cpu": children_cpu() - cpu}
 
 
 def main() -> None:
@@ -131,10 +129,12 @@ def main() -> None:
         print(json.dumps(measure_planning(*args.plan)))
         return
     extra = ["--quick"] if args.quick else []
-    print(f"{os.cpu_count()} cores; every figure from a fresh process; wall seconds\n")
+    load = os.getloadavg()[0]
+    print(f"{os.cpu_count()} cores, load average {load:.1f} at start; each figure from a fresh process; wall seconds")
+    print("(CPU = user+sys seconds of the whole process tree incl. QC programs: what the run costs, load or not)\n")
     header = f"{'case':42} {'tasks':>6} {'serial':>8} {'serial 1c':>9} {'local x2':>8} {'speedup':>8} {'vs 1c':>6}"
-    print(header + "  target  max |dE|")
-    print("-" * (len(header) + 18))
+    print(header + "  target       max |dE|  CPU serial/1c/local")
+    print("-" * (len(header) + 40))
     for name, case in CASES.items():
         res = {v: child(["--one", name, v, *extra]) for v in VARIANTS}
         local = res["local-2"]["wall"]
@@ -143,7 +143,8 @@ def main() -> None:
         ok = "ok" if s_def / local >= case["target"] else "MISS"
         print(
             f"{case['title']:42} {res['local-2']['tasks']:6d} {s_def:8.1f} {s_one:9.1f} {local:8.1f} "
-            f"{s_def / local:7.2f}x {s_one / local:5.2f}x  >={case['target']}x {ok:4} {diff:.1e}"
+            f"{s_def / local:7.2f}x {s_one / local:5.2f}x  >={case['target']}x {ok:4} {diff:.1e}  "
+            + "/".join(f"{res[v]['cpu']:.1f}" for v in VARIANTS)
         )
     waters = 16 if args.quick else 64
     plan = child(["--plan", str(waters), "3"])
@@ -153,6 +154,7 @@ def main() -> None:
         f"{plan['peak_mib']:.0f} MiB (of which {plan['baseline_mib']:.0f} MiB before planning); "
         f"targets <= 5 s, < 1024 MiB: {ok}"
     )
+    print(f"load average {os.getloadavg()[0]:.1f} at the end (other processes share these cores)")
 
 
 if __name__ == "__main__":

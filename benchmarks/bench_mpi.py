@@ -22,29 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
+from qcmb_fractal.testing.molecules import water_cluster_text
+
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "qcmb_fractal.cli", "-v", "run"]
-
-
-def water_cluster(n: int) -> str:
-    """n waters on a jittered cubic grid 3.1 Å apart (the test suite's cluster generator)."""
-    rng = np.random.default_rng(7)
-    side = int(np.ceil(n ** (1 / 3)))
-    blocks = []
-    for i, j, k in np.ndindex(side, side, side):
-        if len(blocks) == n:
-            break
-        o = np.array([i, j, k]) * 3.1 + rng.normal(0, 0.2, 3)
-        atoms = [("O", o), ("H", o + np.array([0.757, 0.586, 0.0])), ("H", o + np.array([-0.757, 0.586, 0.0]))]
-        blocks.append("\n".join(f"{s} {x:.6f} {y:.6f} {z:.6f}" for s, (x, y, z) in atoms))
-    return "\n--\n".join(blocks)
 
 
 def case_input(name: str, workdir: Path) -> list[str]:
     """The input file and options of a named case."""
     if name == "xtb-w20":
         path = workdir / "w20.xyz"
-        path.write_text(water_cluster(20))
+        path.write_text(water_cluster_text(20))
         return [str(path), "--program", "xtb", "--method", "gfn2-xtb", "--max-nbody", "3"]
     if name == "nwchem-w6":
         return [str(ROOT / "examples" / "water6-nwchem-hf-cp.json"), "--max-nbody", "2"]

@@ -6,6 +6,7 @@ Every user-fixable problem ends in one line on stderr and exit code 2; ``--debug
 import argparse
 import json
 import logging
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -17,6 +18,8 @@ from qcmanybody.models.v2 import ManyBodyResult
 from qcmb_fractal import __version__
 from qcmb_fractal.errors import InputError, RunFailed
 from qcmb_fractal.logs import LOG_FORMAT
+from qcmb_fractal.outputs import check_output_paths, write_output
+from qcmb_fractal.plan.planner import MAX_TASKS
 
 logger = logging.getLogger("qcmb_fractal")
 
@@ -36,6 +39,12 @@ def _input_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bsse", nargs="+", choices=["nocp", "cp", "vmfc"], help="BSSE treatments (default nocp)")
     g.add_argument("--max-nbody", type=int, help="highest n-body order (default: all fragments)")
     g.add_argument("--driver", choices=["energy", "gradient", "hessian"], help="default energy")
+    p.add_argument(
+        "--max-tasks",
+        type=int,
+        default=MAX_TASKS,
+        help=f"refuse inputs needing more fragment calculations than this (default {MAX_TASKS:,}; ~10 KB each)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +102,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
 def cmd_plan(args: argparse.Namespace) -> int:
     from qcmb_fractal.plan import Plan, load_input
 
-    plan = Plan(load_input(args.input, **_options(args)))
+    plan = Plan(load_input(args.input, **_options(args)), max_tasks=args.max_tasks)
     if args.json:
         print(json.dumps({"tasks": len(plan.tasks), "counts": plan.counts()}, indent=2))
     else:
@@ -119,6 +128,10 @@ def energy_table(result: ManyBodyResult) -> str:
     return "\n".join(rows)
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from qcmb_fractal.execute import Checkpoint, Runner, backend_class
     from qcmb_fractal.plan import Plan, load_input
@@ -126,16 +139,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.max_attempts < 1:
         raise InputError("--max-attempts must be at least 1.")
     backend = backend_class(args.backend).from_arguments(args)
-    plan = Plan(load_input(args.input, **_options(args)))
+    plan = Plan(load_input(args.input, **_options(args)), max_tasks=args.max_tasks)
     output = Path(args.output) if args.output else Path.cwd() / f"{Path(args.input).stem}.result.json"
-    if output.is_dir():
-        raise InputError(f"--output {output} is a directory; give a file name such as {output / 'result.json'}.")
-    if not output.parent.is_dir():
-        raise InputError(f"the output directory {output.parent} does not exist; create it or choose another --output.")
-    checkpoint = None
+    checkpoint_path = None
     if not args.no_checkpoint:
-        checkpoint = Checkpoint(args.checkpoint or output.with_name(output.name.removesuffix(".json") + ".sqlite"))
+        checkpoint_path = Path(args.checkpoint or output.with_name(output.name.removesuffix(".json") + ".sqlite"))
+    check_output_paths(Path(args.input), output, checkpoint_path)
+    checkpoint = Checkpoint(checkpoint_path) if checkpoint_path is not None else None
     logger.info("%d fragment calculations planned", len(plan.tasks))
+    # a batch system's SIGTERM (time limit, scancel) stops the run like Ctrl-C: workers ended, scratch gone
+    previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
     try:
         with backend:
             result = Runner(
@@ -151,9 +164,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"\ninterrupted{saved}. Run the same command again to continue.", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
         if checkpoint is not None:
             checkpoint.close()
-    output.write_text(result.model_dump_json(indent=1))
+    write_output(output, result.model_dump_json(indent=1), checkpoint=checkpoint_path)
     stats = result.extras["qcmb_fractal"]
     print(energy_table(result))
     util = f", utilization {stats['utilization']:.0%}" if stats.get("utilization") is not None else ""

@@ -2,6 +2,7 @@
 knows where they run, so the local pool, MPI, a QCPortal client and the QCFractal service all share it."""
 
 import logging
+import re
 from collections.abc import Iterable, Mapping
 
 from pydantic import BaseModel
@@ -13,6 +14,31 @@ from qcmb_fractal.errors import RunFailed
 from qcmb_fractal.plan import FragmentTask, Plan
 
 logger = logging.getLogger(__name__)
+
+
+QCENGINE_SECTIONS = re.compile(r"^(INPUT|STDOUT|STDERR|TRACEBACK):\s*$", re.MULTILINE)
+
+
+def error_summary(error: str) -> str:
+    """One line that says why a calculation failed.
+
+    QCEngine's program errors are 'type: message INPUT: ... STDOUT: ... STDERR: ... TRACEBACK: ...', whose
+    last line is often 'NoneType: None'; the program's own last words on stderr (or an error line on
+    stdout) are what a person needs. Other errors keep their last line, where Python puts the exception.
+    """
+    text = error.strip()
+    if not text:
+        return "no message"
+    parts = QCENGINE_SECTIONS.split(text)
+    if len(parts) < 3:
+        return text.splitlines()[-1].strip()
+    kind = parts[0].split(":", 1)[0].strip()
+    sections = {parts[i]: parts[i + 1] for i in range(1, len(parts) - 1, 2)}
+    stderr = [ln.strip() for ln in sections.get("STDERR", "").splitlines() if ln.strip()]
+    stdout = [ln.strip() for ln in sections.get("STDOUT", "").splitlines() if ln.strip()]
+    flagged = [ln for ln in stdout if re.search(r"error|fail|abort", ln, re.IGNORECASE)]
+    why = (stderr or flagged or stdout[-1:] or [parts[0].strip()])[-1]
+    return f"{kind}: {why}"[:300]
 
 
 class LevelProgress(BaseModel):
@@ -113,11 +139,14 @@ class ManyBodyDriver:
             reference=reference,
         )
 
-    def record_failure(self, key: str, error: str, *, worker: str | None = None) -> bool:
-        """Count a failed attempt; returns True when the task goes back to the queue for another try."""
+    def record_failure(self, key: str, error: str, *, worker: str | None = None, retry: bool = True) -> bool:
+        """Count a failed attempt; returns True when the task goes back to the queue for another try.
+
+        ``retry=False`` fails the task for good at once: the error is in the input, another try gives the same.
+        """
         rec = self.record(key)
         attempts = rec.attempts + 1
-        retry = attempts < self.state.max_attempts
+        retry = retry and attempts < self.state.max_attempts
         status = TaskStatus.waiting if retry else TaskStatus.error
         self._set(key, status=status, attempts=attempts, error=error, worker=worker)
         task = self.plan.by_hash[key]
@@ -128,7 +157,7 @@ class ManyBodyDriver:
             attempts,
             self.state.max_attempts,
             ", will retry" if retry else "",
-            error.strip().splitlines()[-1] if error.strip() else "no message",
+            error_summary(error),
         )
         return retry
 
@@ -187,10 +216,7 @@ class ManyBodyDriver:
         }
 
     def failure_table(self) -> str:
-        rows = [
-            f"  {label}: {err.strip().splitlines()[-1] if err.strip() else err}"
-            for label, err in sorted(self.failures().items())
-        ]
+        rows = [f"  {label}: {error_summary(err)}" for label, err in sorted(self.failures().items())]
         return "\n".join(rows)
 
     def component_properties(self) -> dict[str, dict]:

@@ -72,6 +72,13 @@ class Backend(abc.ABC):
         self.shutdown(wait=exc_type is None, cancel_futures=exc_type is not None)
 
 
+def add_option(group: argparse._ArgumentGroup, flag: str, **kwargs: Any) -> None:
+    """Declare ``flag`` unless another backend already did: all backends share the ``run`` parser, and
+    shared options (``--memory``, ``--timeout``...) mean the same thing wherever calculations run."""
+    if flag not in group._option_string_actions:
+        group.add_argument(flag, **kwargs)
+
+
 def backend_modules() -> list[str]:
     from qcmb_fractal.execute import backends
 

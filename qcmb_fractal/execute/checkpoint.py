@@ -12,6 +12,7 @@ from pathlib import Path
 
 from qcelemental.models.v2 import AtomicResult
 
+from qcmb_fractal.errors import InputError
 from qcmb_fractal.execute.base import TaskOutcome
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,14 @@ CREATE TABLE IF NOT EXISTS results (
 class Checkpoint:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise InputError(
+                f"checkpoint {self.path} is a directory; give a file name such as {self.path / 'run.sqlite'}."
+            )
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(f"cannot create the checkpoint's directory {self.path.parent}: {err.strerror}.") from None
         self.db = self._open()
 
     def _open(self) -> sqlite3.Connection:
@@ -45,6 +53,9 @@ class Checkpoint:
             db.execute(SCHEMA)
             db.commit()
             return db
+        except sqlite3.OperationalError as err:
+            # cannot open, locked, read-only: the file may be fine, so it is not moved aside
+            raise InputError(f"cannot use checkpoint {self.path}: {err}; choose another --checkpoint.") from None
         except sqlite3.DatabaseError as err:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             logger.warning("checkpoint %s is unreadable (%s); moved to %s, starting afresh", self.path, err, aside)

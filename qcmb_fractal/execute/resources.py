@@ -2,6 +2,7 @@
 
 import logging
 import os
+import resource
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,8 @@ GiB = 1024**3
 WORKER_OVERHEAD_GIB = 0.5  # TR-002: 200-500 MB per worker before the QC program's own memory
 MIN_TASK_MEMORY_GIB = 0.5
 MAX_WORKERS = 1024
+ADDRESS_SLACK_GIB = 1.0  # thread stacks, malloc arenas and MPI/BLAS mappings reserve address space unused
+EXTRA_PROCESSES = 512  # a worker may start this many processes/threads beyond what the user runs already
 
 
 class Resources(BaseModel):
@@ -81,3 +84,40 @@ def check_disk(path: str | Path, need_bytes: int) -> None:
             f"scratch directory {path} has {free / 2**20:.0f} MiB free, {need_bytes / 2**20:.0f} MiB are "
             "needed; free space or point --scratch elsewhere."
         )
+
+
+def _lower(limit: int, value: int) -> None:
+    soft, hard = resource.getrlimit(limit)
+    if hard != resource.RLIM_INFINITY:
+        value = min(value, hard)
+    if soft == resource.RLIM_INFINITY or value < soft:
+        resource.setrlimit(limit, (value, value))
+
+
+def _user_tasks() -> int:
+    uid = os.getuid()
+    total = 0
+    for proc in psutil.process_iter(["uids", "num_threads"]):
+        uids, threads = proc.info["uids"], proc.info["num_threads"]
+        if uids is not None and uids.real == uid:
+            total += threads or 1
+    return total
+
+
+def apply_worker_limits(memory_gib: float | None) -> dict[str, int]:
+    """Cap what one worker and the programs it starts may take, so a runaway fragment fails alone.
+
+    Address space (inherited by every program the worker starts): the task's memory plus the worker's
+    overhead plus slack for reserved-but-unused mappings; measured: NWChem HF and xtb run under 1 GiB
+    for a water dimer. No core dumps (they would fill scratch). Processes: RLIMIT_NPROC counts all of
+    the user's threads, so it is set relative to what runs now; root ignores it.
+    """
+    memory = (memory_gib or MIN_TASK_MEMORY_GIB) + WORKER_OVERHEAD_GIB + ADDRESS_SLACK_GIB
+    limits = {
+        "RLIMIT_AS": int(memory * GiB),
+        "RLIMIT_CORE": 0,
+        "RLIMIT_NPROC": _user_tasks() + EXTRA_PROCESSES,
+    }
+    for name, value in limits.items():
+        _lower(getattr(resource, name), value)
+    return limits

@@ -124,7 +124,9 @@ class Runner:
             )
             return True
         self.failed_attempts += 1
-        self.driver.record_failure(task.hash, outcome.error or "unknown error", worker=outcome.worker)
+        error = outcome.error or "unknown error"
+        # QCEngine's input_error (unknown method, basis, keyword) fails the same way every time
+        self.driver.record_failure(task.hash, error, worker=outcome.worker, retry=not error.startswith("input_error"))
         return False
 
     def run(self) -> ManyBodyResult:

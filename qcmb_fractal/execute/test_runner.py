@@ -22,9 +22,10 @@ from qcmb_fractal.execute.runner import describe_error
 from qcmb_fractal.execute.worker import WorkerConfig, init_worker, run_fragment
 from qcmb_fractal.plan import FragmentTask, Plan
 from qcmb_fractal.testing.molecules import water_cluster
+from qcmb_fractal.testing.programs import needs_xtb
 from qcmb_fractal.testing.reference import XTB_GFN2, assert_same_result, mbe_input
 
-pytest.importorskip("xtb")
+pytestmark = needs_xtb
 
 
 class FaultInjectingInlineBackend(Backend):

@@ -12,6 +12,7 @@ from typing import Any
 import pydantic
 import yaml
 from qcelemental import periodictable
+from qcelemental.exceptions import MoleculeFormatError, NotAnElementError, ValidationError
 from qcelemental.models.v2 import Molecule
 from qcmanybody.models.v2 import ManyBodyInput
 
@@ -58,12 +59,17 @@ def fill_fragment_charges(mol: dict[str, Any]) -> dict[str, Any]:
         return mol
     symbols = [str(s).capitalize() for s in mol["symbols"]]
     charges = mol.get("fragment_charges") or [0.0] * nfr
-    unpaired_ok = all(
-        (_electron_count(symbols, list(f)) - round(c)) % 2 == 0 for f, c in zip(frags, charges, strict=True)
-    )
-    total_charge = mol.get("molecular_charge")
+    try:
+        unpaired_ok = all(
+            (_electron_count(symbols, list(f)) - round(c)) % 2 == 0 for f, c in zip(frags, charges, strict=True)
+        )
+        total_charge = mol.get("molecular_charge")
+        total_sum_ok = total_charge is None or math.isclose(float(total_charge), sum(charges))
+    except (ValueError, TypeError, KeyError, OverflowError, NotAnElementError):
+        # unknown element, NaN charge, a charge list of the wrong length: qcelemental's validation says which
+        return mol
     total_mult = mol.get("molecular_multiplicity")
-    consistent = (total_charge is None or math.isclose(float(total_charge), sum(charges))) and total_mult in (
+    consistent = total_sum_ok and total_mult in (
         None,
         1,
         1.0,
@@ -122,10 +128,57 @@ def _check_fragments(mol: dict[str, Any]) -> None:
         )
 
 
+def installed_programs() -> list[str]:
+    import qcengine
+
+    return sorted(qcengine.list_available_programs())
+
+
+def _check_programs(inp: ManyBodyInput) -> None:
+    """A program QCEngine has no harness for can never run anywhere, so it is refused while planning."""
+    import qcengine
+
+    known = set(qcengine.list_all_programs())
+    for name, atomic in inp.specification.specification.items():
+        if atomic.program.lower() not in known:
+            raise InputError(
+                f"program {atomic.program!r} (model chemistry {name!r}) is not a QCEngine program. Installed here: "
+                f"{', '.join(installed_programs()) or 'none'}; QCEngine also knows {', '.join(sorted(known))}."
+            )
+
+
+CHARGE_HINT = (
+    ". The charges and multiplicities do not fit the electron counts: check molecular_charge and "
+    "molecular_multiplicity against fragment_charges and fragment_multiplicities (multiplicity >= 1, and "
+    "odd for an even number of electrons)."
+)
+
+
+def _check_fragment_lists(mol: dict[str, Any]) -> None:
+    """qcelemental words a wrong-length list as 'Dimension mismatch ... sep + 1'; say it plainly."""
+    nfr = len(mol["fragments"])
+    for key in ("fragment_charges", "fragment_multiplicities"):
+        values = mol.get(key)
+        if values is not None and (not isinstance(values, list | tuple) or len(values) != nfr):
+            count = len(values) if isinstance(values, list | tuple) else "no list of"
+            raise InputError(f"molecule.{key} has {count} entries for {nfr} fragments; give one per fragment.")
+
+
 def _check_specification(inp: ManyBodyInput) -> None:
+    _check_programs(inp)
     spec = inp.specification
     kw = spec.keywords
     nfr = len(inp.molecule.fragments)
+    if not kw.bsse_type:
+        raise InputError("keywords.bsse_type is empty; give at least one of 'nocp', 'cp' or 'vmfc'.")
+    if kw.levels is not None and not kw.levels:
+        raise InputError("keywords.levels is empty; omit it, or map n-body orders to model chemistries.")
+    if not kw.levels and len(spec.specification) > 1:
+        raise InputError(
+            f"specification.specification has {len(spec.specification)} model chemistries "
+            f"({', '.join(sorted(spec.specification))}) but keywords.levels does not say which n-body order "
+            "uses which; add levels, e.g. {1: 'big-basis', 2: 'small-basis'}."
+        )
     if kw.embedding_charges:
         raise InputError("embedding_charges are experimental in QCManyBody and not supported by qcmb-fractal.")
     if kw.max_nbody is not None and not 1 <= kw.max_nbody <= nfr:
@@ -175,13 +228,16 @@ def manybody_input(data: dict[str, Any] | ManyBodyInput) -> ManyBodyInput:
     mol = {k: v for k, v in mol.items() if v is not None}
     _check_fragments(mol)
     _check_geometry(mol)
+    _check_fragment_lists(mol)
     data["molecule"] = fill_fragment_charges(mol)
     try:
         inp = ManyBodyInput(**data)
     except pydantic.ValidationError as err:
         raise InputError("the many-body input is not valid QCSchema:\n" + pydantic_message(err)) from None
-    except (ValueError, TypeError, KeyError) as err:
-        raise InputError(f"the many-body input is not valid: {err}") from None
+    except (ValueError, TypeError, KeyError, ValidationError, NotAnElementError, MoleculeFormatError) as err:
+        # qcelemental's own errors derive from Exception only; they carry the useful chg/mult message
+        hint = CHARGE_HINT if "chg/mult" in str(err) else ""
+        raise InputError(f"the many-body input is not valid: {err}{hint}") from None
     _check_specification(inp)
     return inp
 
@@ -282,6 +338,8 @@ def load_input(path: str | Path, **options: Any) -> ManyBodyInput:
         text = path.read_text()
     except OSError as err:
         raise InputError(f"cannot read input file {path}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not a text file; give a QCSchema .json/.yaml or a plain molecule file.") from None
     suffix = path.suffix.lower()
     if suffix in (".json", ".yaml", ".yml"):
         try:

@@ -8,11 +8,13 @@ them, deduplicates them, hashes them and estimates their cost. Fragment molecule
 import copy
 import hashlib
 import json
+import math
 from collections import Counter
 from functools import cached_property
 from typing import Any
 
 import numpy as np
+import pydantic
 from pydantic import BaseModel, ConfigDict
 from qcelemental import periodictable
 from qcelemental.models.v2 import AtomicInput, Molecule
@@ -22,8 +24,40 @@ from qcmanybody.utils import labeler
 from qcmanybody.v2.computer import ManyBodyComputer
 
 from qcmb_fractal.errors import InputError
+from qcmb_fractal.plan.inputs import pydantic_message
 
 HASH_VERSION = "qcmb-fractal-task-v1"
+
+# Above this many calculations a plan is refused before enumeration: measured ~3.6 KB per task in the
+# planner alone (64-water MBE(3), 43 744 tasks, 156 MB), before driver state and results double it.
+MAX_TASKS = 200_000
+
+
+def estimate_task_count(inp: ManyBodyInput, stop_above: int | None = None) -> int:
+    """Upper bound on the fragment calculations of ``inp``, from binomials, without enumerating any.
+
+    Each model chemistry counts every subset up to its own top level (nocp, cp) or every real subset of
+    those (vmfc: C(N,k)·(2^k-1)); duplicates across BSSE treatments are not removed, so this only overshoots.
+    ``stop_above`` ends the sum early once it is exceeded, so absurd inputs cost nothing to refuse.
+    """
+    kw = inp.specification.keywords
+    nfr = len(inp.molecule.fragments)
+    levels = kw.levels or {kw.max_nbody or nfr: "(auto)"}
+    top: dict[str, int] = {}
+    for nb, mc in levels.items():
+        n = (kw.max_nbody or nfr) if nb == "supersystem" else int(nb)
+        top[mc] = max(top.get(mc, 0), min(n, nfr))
+    bsse = {b.value for b in kw.bsse_type}
+    total = 0
+    for mc, n in top.items():
+        total += 1 if mc == "supersystem" or "supersystem" in levels else 0
+        total += nfr if "cp" in bsse else 0  # monomers in their own basis
+        for k in range(1, n + 1):
+            c = math.comb(nfr, k)
+            total += c * (("nocp" in bsse) + ("cp" in bsse) + ((2**k - 1) if "vmfc" in bsse else 0))
+            if stop_above is not None and total > stop_above:
+                return total
+    return total
 
 
 class FragmentTask(BaseModel):
@@ -97,13 +131,14 @@ class FragmentBuilder:
 def _fragment_digests(mol: Molecule) -> list[str]:
     """Per-fragment content digests; a task hash combines them, so hashing 43k tasks stays cheap."""
     geom = np.asarray(mol.geometry).reshape(-1, 3)
+    masses, real = mol.masses, mol.real  # properties rebuilt on every access: hoisted, or planning is quadratic
     digests = []
     for ifr, atoms in enumerate(mol.fragments):
         atoms = list(atoms)
         record = {
             "symbols": [mol.symbols[i] for i in atoms],
-            "masses": [f"{mol.masses[i]:.6f}" for i in atoms],
-            "real": [bool(mol.real[i]) for i in atoms],
+            "masses": [f"{masses[i]:.6f}" for i in atoms],
+            "real": [bool(real[i]) for i in atoms],
             "geometry": [f"{x:.8f}" for x in geom[atoms].ravel()],
             "charge": f"{mol.fragment_charges[ifr]:.4f}",
             "multiplicity": f"{mol.fragment_multiplicities[ifr]:.4f}",
@@ -115,15 +150,34 @@ def _fragment_digests(mol: Molecule) -> list[str]:
 class Plan:
     """The deduplicated, hashed task list of one ManyBodyInput, in QCManyBody's own order."""
 
-    def __init__(self, inp: ManyBodyInput) -> None:
+    def __init__(self, inp: ManyBodyInput, *, max_tasks: int = MAX_TASKS) -> None:
+        if max_tasks < 1:
+            raise InputError(f"--max-tasks must be at least 1, not {max_tasks}.")
+        estimate = estimate_task_count(inp, stop_above=max_tasks)
+        if estimate > max_tasks:
+            kw = inp.specification.keywords
+            raise InputError(
+                f"this input needs more than {max_tasks:,} fragment calculations ({len(inp.molecule.fragments)} "
+                f"fragments, max_nbody {kw.max_nbody}, bsse {[b.value for b in kw.bsse_type]}); planning that "
+                "many could exhaust memory. Lower max_nbody, or raise the limit with --max-tasks if this machine "
+                "has the memory (about 10 KB per calculation)."
+            )
         self.input = inp
         self.builder = FragmentBuilder(inp)
         try:
             self.computer = ManyBodyComputer.from_manybodyinput(inp, build_tasks=False)
+        except pydantic.ValidationError as err:
+            raise InputError(f"QCManyBody cannot plan this input:\n{pydantic_message(err)}") from None
         except (ValueError, AssertionError) as err:
             raise InputError(f"QCManyBody cannot plan this input: {err}") from None
         self.core: ManyBodyCore = self.computer.qcmb_core
         self.tasks: list[FragmentTask] = self._enumerate()
+        if not self.tasks:  # e.g. cp alone at max_nbody 1: QCManyBody returns 0.0 without computing anything
+            kw = inp.specification.keywords
+            raise InputError(
+                f"this input needs no fragment calculations (bsse {[b.value for b in kw.bsse_type]}, max_nbody "
+                f"{kw.max_nbody}), so its only result would be 0.0; raise max_nbody or add 'nocp' to bsse_type."
+            )
         self.by_hash: dict[str, FragmentTask] = {t.hash: t for t in self.tasks}
 
     def _enumerate(self) -> list[FragmentTask]:

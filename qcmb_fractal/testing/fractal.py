@@ -24,8 +24,9 @@ logger = logging.getLogger(__name__)
 PG_HOST = os.environ.get("QCMB_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("QCMB_PG_PORT", "5432"))
 PG_SUPERUSER = os.environ.get("QCMB_PG_SUPERUSER", "postgres")
-PG_ROLE = os.environ.get("QCMB_PG_ROLE", "qcmb")
-PG_PASSWORD = os.environ.get("QCMB_PG_PASSWORD", "qcmb")
+# The same login role scripts/postgres.sh creates for CI; created here too if missing.
+PG_ROLE = os.environ.get("QCMB_TEST_PG_USER", "qcmb_test")
+PG_PASSWORD = os.environ.get("QCMB_TEST_PG_PASSWORD", "qcmb_test")
 
 
 def _superuser_connection():

@@ -1,6 +1,7 @@
 """QCManyBody's serial computer as the reference, plus input builders and a tolerance-aware comparison."""
 
 import contextlib
+import hashlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 from unittest import mock
@@ -48,18 +49,23 @@ def mbe_input(
 
 
 @contextlib.contextmanager
-def derivatives_from_return_result() -> Iterator[None]:
-    """Make QCEngine results carry the driver's derivative in ``properties`` as well as ``return_result``.
+def serial_qcengine(ncores: int | None = None) -> Iterator[None]:
+    """Run QCManyBody's serial computer with two honest adjustments to how it calls QCEngine.
 
-    QCEngine's xtb harness puts a gradient only in ``return_result`` and leaves
-    ``properties.return_gradient`` empty; QCManyBody's serial computer reads only ``properties`` and
-    stops with ``KeyError: 'ret_gradient'``. This copies the same numbers across (nothing is computed
-    or changed), exactly what ``ComponentProperties.from_atomic_result`` does on our side, so the
-    reference stays QCManyBody's own arithmetic. Results that already have the property pass untouched.
+    1. QCEngine's xtb harness puts a gradient only in ``return_result`` and leaves
+       ``properties.return_gradient`` empty; QCManyBody's serial computer reads only ``properties``
+       and stops with ``KeyError: 'ret_gradient'``. The same numbers are copied across (nothing is
+       computed or changed), exactly what ``ComponentProperties.from_atomic_result`` does on our side,
+       so the reference stays QCManyBody's own arithmetic. Results that have the property pass untouched.
+    2. ``ncores``, when given, is passed to every job as ``task_config`` (QCEngine's default is every
+       core; on a shared 2-core machine xtb's OpenMP threads then spin for minutes). It changes speed,
+       not numbers.
     """
     original = qcengine.compute
 
     def compute(*args: Any, **kwargs: Any) -> Any:
+        if ncores is not None:
+            kwargs["task_config"] = {**(kwargs.get("task_config") or {}), "ncores": ncores}
         result = original(*args, **kwargs)
         driver = getattr(getattr(result, "input_data", None), "specification", None)
         driver = getattr(getattr(driver, "driver", None), "value", None)
@@ -74,10 +80,22 @@ def derivatives_from_return_result() -> Iterator[None]:
         yield
 
 
-def serial_reference(inp: ManyBodyInput) -> ManyBodyResult:
-    """QCManyBody's own serial computer on ``inp`` (see :func:`derivatives_from_return_result`)."""
-    with derivatives_from_return_result():
-        return ManyBodyComputer.from_manybodyinput(inp)
+_SERIAL: dict[tuple[str, int | None], ManyBodyResult] = {}
+
+
+def serial_reference(inp: ManyBodyInput, *, ncores: int | None = 1) -> ManyBodyResult:
+    """QCManyBody's own serial computer on ``inp`` (see :func:`serial_qcengine`).
+
+    One core per job by default: the same numbers, minutes faster for xtb on a busy machine; pass
+    ``ncores=None`` for QCEngine's own default (every core per job), as the benchmark's anchor does.
+    Cached per input for the test session: several backends' tests compare against the same cases,
+    and the serial runs are the slowest part of the suite.
+    """
+    key = (hashlib.sha256(inp.model_dump_json().encode()).hexdigest(), ncores)
+    if key not in _SERIAL:
+        with serial_qcengine(ncores):
+            _SERIAL[key] = ManyBodyComputer.from_manybodyinput(inp)
+    return _SERIAL[key]
 
 
 def differences(actual: Any, expected: Any, path: str = "") -> list[str]:

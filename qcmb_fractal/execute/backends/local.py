@@ -6,38 +6,66 @@ forked, so no QC library state leaks into them, and they live for the whole run.
 """
 
 import argparse
+import contextlib
+import ctypes
 import logging
+import math
 import multiprocessing
 import os
 import shutil
+import signal
+import socket
 import tempfile
 from concurrent.futures import Future
 from pathlib import Path
 
 import psutil
-from pebble import ProcessPool
+from pebble import ProcessExpired, ProcessPool
 
-from qcmb_fractal.execute.base import Backend
-from qcmb_fractal.execute.resources import Resources, check_disk, select_resources
+from qcmb_fractal.errors import InputError
+from qcmb_fractal.execute.base import Backend, add_option
+from qcmb_fractal.execute.resources import Resources, apply_worker_limits, check_disk, select_resources
 from qcmb_fractal.execute.worker import WorkerConfig, init_worker, run_fragment
 from qcmb_fractal.plan import FragmentTask, Plan
+from qcmb_fractal.plan.inputs import installed_programs
 
 logger = logging.getLogger(__name__)
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 SCRATCH_PREFIX = "qcmb-scratch-"
-SCRATCH_PER_TASK_BYTES = 64 * 2**20
+SCRATCH_PER_TASK_BYTES = 64 * 2**20  # per running task and n-body level: NWChem HF/sto-3g needs far less
+
+
+def scratch_prefix() -> str:
+    """Name prefix of this process's scratch directory: pid plus host, so scratch on a shared filesystem
+    is only ever swept by the host that made it (see sweep_stale_scratch)."""
+    return f"{SCRATCH_PREFIX}{os.getpid()}-{socket.gethostname()}-"
 
 
 def sweep_stale_scratch(parent: Path) -> None:
-    """Remove scratch trees left by runs that were SIGKILLed (their pid is gone)."""
+    """Remove scratch trees left by runs on this host that were SIGKILLed (their pid is gone)."""
+    host = socket.gethostname()
     for path in parent.glob(f"{SCRATCH_PREFIX}*"):
-        try:
-            pid = int(path.name[len(SCRATCH_PREFIX) :].split("-")[0])
-        except ValueError:
+        pid_text, _, rest = path.name[len(SCRATCH_PREFIX) :].partition("-")
+        if not pid_text.isdigit() or not rest.startswith(f"{host}-") or path.is_symlink():
             continue
-        if not psutil.pid_exists(pid):
-            logger.info("removing stale scratch %s of dead run %d", path, pid)
+        if not psutil.pid_exists(int(pid_text)):
+            logger.info("removing stale scratch %s of dead run %s", path, pid_text)
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _reap_dead_worker(future: Future) -> None:
+    """A SIGKILLed worker cannot clean up: kill what it started (its process group) so nothing runs on."""
+    if future.cancelled():
+        return
+    exc = future.exception()
+    if isinstance(exc, ProcessExpired) and exc.pid:
+        _kill_group(exc.pid)
 
 
 class LocalBackend(Backend):
@@ -52,11 +80,14 @@ class LocalBackend(Backend):
         scratch: str | Path | None = None,
         timeout: float | None = None,
     ) -> None:
+        if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+            raise InputError(f"--timeout must be a positive number of seconds, not {timeout}.")
         self.resources: Resources = select_resources(workers, memory, cores_per_task)
         self.scratch_parent = Path(scratch) if scratch else Path(tempfile.gettempdir())
         self.timeout = timeout
         self.scratch_dir: Path | None = None
         self.pool: ProcessPool | None = None
+        self._checked_levels: set[int] = set()
 
     @property
     def workers(self) -> int:
@@ -64,11 +95,11 @@ class LocalBackend(Backend):
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        group.add_argument("--workers", type=int, help="worker processes (default: what cores and memory allow)")
-        group.add_argument("--memory", type=float, help="memory per task in GiB (default: free memory / workers)")
-        group.add_argument("--cores-per-task", type=int, help="cores per task (default: cores / workers)")
-        group.add_argument("--scratch", help="parent directory for scratch files (default: the system's temp)")
-        group.add_argument("--timeout", type=float, help="seconds before a single calculation is killed")
+        add_option(group, "--workers", type=int, help="worker processes (default: what cores and memory allow)")
+        add_option(group, "--memory", type=float, help="memory per task in GiB (default: free memory / workers)")
+        add_option(group, "--cores-per-task", type=int, help="cores per task (default: cores / workers)")
+        add_option(group, "--scratch", help="parent directory for scratch files (default: the system's temp)")
+        add_option(group, "--timeout", type=float, help="seconds before a single calculation is killed")
 
     @classmethod
     def from_arguments(cls, args: argparse.Namespace) -> "LocalBackend":
@@ -80,11 +111,32 @@ class LocalBackend(Backend):
             timeout=args.timeout,
         )
 
+    def _prepare_scratch(self) -> Path:
+        parent = self.scratch_parent
+        if parent.exists() and not parent.is_dir():
+            raise InputError(f"--scratch {parent} is not a directory; give a directory for scratch files.")
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(f"cannot create scratch directory {parent}: {err.strerror}.") from None
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise InputError(f"scratch directory {parent} is not writable; choose another --scratch.")
+        sweep_stale_scratch(parent)
+        check_disk(parent, SCRATCH_PER_TASK_BYTES * self.workers)
+        try:
+            return Path(tempfile.mkdtemp(prefix=scratch_prefix(), dir=parent))
+        except OSError as err:
+            raise InputError(f"cannot create scratch files under {parent}: {err.strerror}.") from None
+
     def start(self, plan: Plan) -> None:
-        self.scratch_parent.mkdir(parents=True, exist_ok=True)
-        sweep_stale_scratch(self.scratch_parent)
-        check_disk(self.scratch_parent, SCRATCH_PER_TASK_BYTES * self.workers)
-        self.scratch_dir = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=self.scratch_parent))
+        programs = {s.program.lower() for s in plan.input.specification.specification.values()}
+        missing = sorted(programs - set(installed_programs()))
+        if missing:
+            raise InputError(
+                f"program {', '.join(missing)} is not installed on this machine (QCEngine finds "
+                f"{', '.join(installed_programs()) or 'none'}); install it or use a backend whose workers have it."
+            )
+        self.scratch_dir = self._prepare_scratch()
         res = self.resources
         logger.info(
             "local backend: %d workers × %d cores, %.2f GiB per task, scratch %s",
@@ -116,10 +168,31 @@ class LocalBackend(Backend):
         main process compete with the workers for CPU on 1350-task runs)."""
         return 2 * self.workers
 
+    def _check_level_disk(self, level: int) -> None:
+        """Room for every worker running a task of this level before the level starts, and for one such
+        task before each later submit (a retry after a disk-full failure stops the run instead of burning
+        attempts). A statvfs call, so cheap enough per task."""
+        if self.scratch_dir is None:
+            return
+        first = level not in self._checked_levels
+        check_disk(self.scratch_dir, SCRATCH_PER_TASK_BYTES * level * (self.workers if first else 1))
+        self._checked_levels.add(level)
+
     def submit(self, task: FragmentTask) -> Future:
+        self._check_level_disk(task.level)
+        return self._schedule(task)
+
+    def _schedule(self, task: FragmentTask) -> Future:
         if self.pool is None:
             raise RuntimeError("LocalBackend.start() must run before submit()")
-        return self.pool.schedule(run_fragment, args=(task,), timeout=self.timeout)
+        future = self.pool.schedule(run_fragment, args=(task,), timeout=self.timeout)
+        future.add_done_callback(_reap_dead_worker)
+        return future
+
+    def submit_many(self, tasks: list[FragmentTask]) -> list[Future]:
+        for level in sorted({t.level for t in tasks}):  # refuse before any of the batch starts
+            self._check_level_disk(level)
+        return [self._schedule(t) for t in tasks]
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         if self.pool is not None:
@@ -134,7 +207,26 @@ class LocalBackend(Backend):
             self.scratch_dir = None
 
 
+def _die_with_children(signum: int, _frame: object) -> None:
+    """Pebble stops a worker (timeout, shutdown) with SIGTERM: take the QC program down with it."""
+    _kill_group(os.getpid())
+    os._exit(128 + signum)
+
+
+def _term_when_parent_dies() -> None:
+    """Workers live in their own process groups, so a signal to the driver's group no longer reaches them:
+    if the driver dies in any way (SIGKILL, OOM killer, a closed terminal), the kernel sends SIGTERM."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _init_named_worker(config: WorkerConfig) -> None:
+    # Own process group: a terminal's Ctrl-C reaches only the driver, which stops workers in order, and
+    # the group lets a dying worker's programs be killed with it instead of running on as orphans.
+    os.setpgrp()
+    signal.signal(signal.SIGTERM, _die_with_children)
+    _term_when_parent_dies()
+    apply_worker_limits(config.memory)
     init_worker(config.model_copy(update={"name": f"local-worker-{os.getpid()}"}))
 
 

@@ -40,8 +40,8 @@ from pebble import ProcessPool
 from pydantic import BaseModel
 
 from qcmb_fractal.errors import InputError
-from qcmb_fractal.execute.backends.local import SCRATCH_PREFIX, sweep_stale_scratch
-from qcmb_fractal.execute.base import Backend, TaskOutcome
+from qcmb_fractal.execute.backends.local import scratch_prefix, sweep_stale_scratch
+from qcmb_fractal.execute.base import Backend, TaskOutcome, add_option
 from qcmb_fractal.execute.resources import select_resources
 from qcmb_fractal.execute.runner import describe_error
 from qcmb_fractal.execute.worker import WorkerConfig, init_worker, run_fragment
@@ -175,17 +175,16 @@ class MPIBackend(Backend):
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        # The local backend declares the same resource options in the same parser; add only what is missing.
-        present = group._option_string_actions
-
-        def add(flag: str, **kwargs: Any) -> None:
-            if flag not in present:
-                group.add_argument(flag, **kwargs)
-
-        add("--memory", type=float, help="memory per task in GiB (default: free memory of the node / its ranks)")
-        add("--cores-per-task", type=int, help="cores per task (default: the node's cores / its worker ranks)")
-        add("--scratch", help="parent directory for scratch files on each node (default: the system's temp)")
-        add("--timeout", type=float, help="seconds before a single calculation is killed")
+        add_option(
+            group, "--memory", type=float, help="memory per task in GiB (default: free memory of the node / its ranks)"
+        )
+        add_option(
+            group, "--cores-per-task", type=int, help="cores per task (default: the node's cores / its worker ranks)"
+        )
+        add_option(
+            group, "--scratch", help="parent directory for scratch files on each node (default: the system's temp)"
+        )
+        add_option(group, "--timeout", type=float, help="seconds before a single calculation is killed")
 
     @classmethod
     def from_arguments(cls, args: argparse.Namespace) -> "MPIBackend":
@@ -576,7 +575,7 @@ class _WorkerRank:
         ) / f"qcmb-mpi-{socket.gethostname()}"
         parent.mkdir(parents=True, exist_ok=True)
         sweep_stale_scratch(parent)
-        self.scratch_dir = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=parent))
+        self.scratch_dir = Path(tempfile.mkdtemp(prefix=scratch_prefix(), dir=parent))
         config = WorkerConfig(
             input_json=start.input_json,
             ncores=res.ncores,

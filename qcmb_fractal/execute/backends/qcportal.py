@@ -29,7 +29,7 @@ from qcelemental.models.v2 import AtomicInput, AtomicProperties, AtomicResult, P
 
 from qcmb_fractal.drive.state import ComponentProperties
 from qcmb_fractal.errors import InputError
-from qcmb_fractal.execute.base import Backend, TaskOutcome
+from qcmb_fractal.execute.base import Backend, TaskOutcome, add_option
 from qcmb_fractal.plan import FragmentTask, Plan
 
 logger = logging.getLogger(__name__)
@@ -255,24 +255,20 @@ class QCPortalBackend(Backend):
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        # Other server backends may declare the same options in the same parser; add only what is missing.
-        present = group._option_string_actions
-
-        def add(flag: str, **kwargs: Any) -> None:
-            if flag not in present:
-                group.add_argument(flag, **kwargs)
-
-        add(
+        add_option(
+            group,
             "--server",
             help="QCFractal server URL, or the name of an entry in qcportal_config.yaml "
             "(default: $QCPORTAL_ADDRESS or the file's address)",
         )
-        add("--username", help=f"user on the server; the password comes from ${PASSWORD_ENV} or a prompt")
-        add("--qcportal-config", help="a qcportal_config.yaml (default: ./ then ~/.qca/)")
-        add("--no-verify-ssl", action="store_true", help="accept a self-signed server certificate")
-        add("--tag", help="compute tag routing the calculations to managers (default: *)")
-        add("--priority", choices=PRIORITIES, help="compute priority on the server (default: normal)")
-        add("--poll-interval", type=float, help="longest wait in seconds between status polls (default: 10)")
+        add_option(group, "--username", help=f"user on the server; the password comes from ${PASSWORD_ENV} or a prompt")
+        add_option(group, "--qcportal-config", help="a qcportal_config.yaml (default: ./ then ~/.qca/)")
+        add_option(group, "--no-verify-ssl", action="store_true", help="accept a self-signed server certificate")
+        add_option(group, "--tag", help="compute tag routing the calculations to managers (default: *)")
+        add_option(group, "--priority", choices=PRIORITIES, help="compute priority on the server (default: normal)")
+        add_option(
+            group, "--poll-interval", type=float, help="longest wait in seconds between status polls (default: 10)"
+        )
 
     @classmethod
     def from_arguments(cls, args: argparse.Namespace) -> "QCPortalBackend":

@@ -5,6 +5,7 @@ Equality with QCManyBody lives in test_local_reference.py; the SIGKILL-resume te
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -37,13 +38,15 @@ def test_submit_needs_start() -> None:
 
 def test_stale_scratch_of_dead_runs_is_swept(tmp_path: Path) -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / f"{SCRATCH_PREFIX}{int(dead.stdout)}-abc"
-    alive = tmp_path / f"{SCRATCH_PREFIX}{os.getpid()}-def"
+    host = socket.gethostname()
+    stale = tmp_path / f"{SCRATCH_PREFIX}{int(dead.stdout)}-{host}-abc"
+    alive = tmp_path / f"{SCRATCH_PREFIX}{os.getpid()}-{host}-def"
     odd = tmp_path / f"{SCRATCH_PREFIX}notapid"
-    for d in (stale, alive, odd):
+    other_node = tmp_path / f"{SCRATCH_PREFIX}{int(dead.stdout)}-not-{host}-ghi"  # shared scratch, live elsewhere
+    for d in (stale, alive, odd, other_node):
         (d / "job").mkdir(parents=True)
     sweep_stale_scratch(tmp_path)
-    assert not stale.exists() and alive.exists() and odd.exists()
+    assert not stale.exists() and alive.exists() and odd.exists() and other_node.exists()
 
 
 @needs_xtb

@@ -24,14 +24,14 @@ from qcmb_fractal.errors import InputError, RunFailed
 from qcmb_fractal.execute import Runner
 from qcmb_fractal.execute.backends.local import LocalBackend
 from qcmb_fractal.execute.backends.qcportal import QCPortalBackend, connection_from_options, record_to_result
-from qcmb_fractal.plan import Plan
+from qcmb_fractal.plan import Plan, manybody_input
 from qcmb_fractal.testing.molecules import water_cluster, water_trimer
 from qcmb_fractal.testing.programs import needs_nwchem, needs_xtb
 from qcmb_fractal.testing.reference import NWCHEM_HF, XTB_GFN2, assert_same_result, mbe_input, serial_reference
 
 XTB = {"xtb": XTB_GFN2}
 HF = {"hf": NWCHEM_HF}
-BOGUS = {"bogus": ("xtb", "gfn7-xtb", None)}  # a method xtb does not have: every attempt errors
+UNCONVERGED = {"xtb-1-iteration": ("xtb", "gfn2-xtb", None)}
 
 pytestmark = needs_xtb
 
@@ -99,7 +99,8 @@ def singlepoints(client, plan: Plan, include: tuple[str, ...] = ()) -> list:
         method=spec.model.method,
         include=["molecule", "compute_history", *include],
     )
-    return [r for r in records if r.molecule.get_hash() in {_hash(plan, t) for t in plan.tasks}]
+    hashes = {_hash(plan, t) for t in plan.tasks}
+    return [r for r in records if r.molecule.get_hash() in hashes and r.specification.keywords == spec.keywords]
 
 
 def _hash(plan: Plan, task) -> str:
@@ -146,13 +147,16 @@ def test_xtb_gradient_matches_serial_and_local_and_a_second_client_reuses_the_re
 
 def test_errored_records_are_reset_until_the_attempts_run_out(server):
     uri, client, _ = server
-    plan = Plan(mbe_input(water_cluster(2), BOGUS, {1: "bogus"}, bsse=["nocp"]))
+    data = mbe_input(water_cluster(2), UNCONVERGED, {1: "xtb-1-iteration"}, bsse=["nocp"]).model_dump()
+    # One SCF iteration never converges: a runtime error, which is retried (an input_error would not be).
+    data["specification"]["specification"]["xtb-1-iteration"]["keywords"] = {"max_iterations": 1}
+    plan = Plan(manybody_input(data))
     be = backend(uri, tag="qcmb-test", priority="high")
     with be, pytest.raises(RunFailed) as failed:
         Runner(plan, be, progress=False, max_attempts=2).run()
 
     assert len(failed.value.failures) == 2
-    assert all("gfn7-xtb" in error for error in failed.value.failures.values())
+    assert all("Self consistent charge iterator" in error for error in failed.value.failures.values())
     assert (be.inserted, be.resets) == (2, 2)
     records = singlepoints(client, plan, ("task",))
     assert len(records) == 2

@@ -1,0 +1,13 @@
+"""A QCFractal record type, ``qcmb_manybody``, whose service runs qcmb-fractal's many-body driver.
+
+The server half (``server``) needs qcfractal; the client half (``client``) needs only qcportal.
+"""
+
+RECORD_TYPE = "qcmb_manybody"
+PROGRAM = "qcmb-fractal"
+
+# Bumped whenever the plugin's tables, views or trigger change; stored in the database by init-db/upgrade-db.
+SCHEMA_VERSION = 1
+
+# QCFractal has no plugin API: the hooks reach into internals that were checked on these releases only.
+TESTED_QCFRACTAL = ("0.71",)

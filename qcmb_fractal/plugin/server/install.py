@@ -1,0 +1,93 @@
+"""Create or upgrade the plugin's part of a QCFractal database: tables, deletion trigger, children views, stamp.
+
+Everything here is idempotent, so ``init-db`` and ``upgrade-db`` both simply call :func:`install_schema`.
+QCFractal's children views are fixed unions over its own record types; they are replaced by the same
+unions plus this record type, or delete/cancel/reset/children_status would never see its children.
+"""
+
+import logging
+
+import psycopg2
+from qcfractal.components.gridoptimization import record_db_models as gridoptimization
+from qcfractal.components.manybody import record_db_models as manybody
+from qcfractal.components.neb import record_db_models as neb
+from qcfractal.components.optimization import record_db_models as optimization
+from qcfractal.components.reaction import record_db_models as reaction
+from qcfractal.components.torsiondrive import record_db_models as torsiondrive
+from qcfractal.config import DatabaseConfig
+from qcfractal.db_socket import BaseORM
+from sqlalchemy import create_engine, delete, text, union
+from sqlalchemy.dialects import postgresql
+
+import qcmb_fractal
+from qcmb_fractal.plugin import SCHEMA_VERSION
+from qcmb_fractal.plugin.server import record_db_models as plugin_models
+
+logger = logging.getLogger(__name__)
+
+_QCFRACTAL_COMPONENTS = (optimization, gridoptimization, torsiondrive, manybody, reaction, neb)
+PLUGIN_TABLE_MARKER = plugin_models.QCMBClusterORM.__tablename__
+
+
+def _view_sql(attr: str) -> str:
+    selects = [s for mod in (*_QCFRACTAL_COMPONENTS, plugin_models) for s in getattr(mod, attr)]
+    return str(union(*selects).compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+
+
+VIEWS = {
+    "record_direct_children_view": "record_direct_children_select",
+    "record_children_view": "record_children_select",
+}
+
+
+def install_schema(db_config: DatabaseConfig) -> None:
+    """Create the plugin tables (if missing), the trigger (if missing), replace both views, stamp the version."""
+    engine = create_engine(db_config.sqlalchemy_url)
+    try:
+        with engine.begin() as conn:
+            # The after_create listener adds the deletion trigger when the record table is created here.
+            BaseORM.metadata.create_all(conn, tables=plugin_models.PLUGIN_TABLES, checkfirst=True)
+            has_trigger = conn.execute(
+                text("SELECT 1 FROM pg_trigger WHERE tgname = :name"), {"name": plugin_models.DELETE_TRIGGER_NAME}
+            ).first()
+            if has_trigger is None:
+                conn.execute(plugin_models._del_baserecord_trigger)
+            for view, attr in VIEWS.items():
+                conn.execute(text(f"CREATE OR REPLACE VIEW {view} AS {_view_sql(attr)}"))
+            conn.execute(delete(plugin_models.QCMBSchemaVersionORM))
+            conn.execute(
+                plugin_models.QCMBSchemaVersionORM.__table__.insert().values(
+                    schema_version=SCHEMA_VERSION, package_version=qcmb_fractal.__version__
+                )
+            )
+    finally:
+        engine.dispose()
+    logger.info("qcmb-fractal schema %d installed in %s", SCHEMA_VERSION, db_config.safe_uri)
+
+
+def schema_problems(db_config: DatabaseConfig) -> list[str]:
+    """Everything about the database that would make the plugin misbehave; empty when it is ready."""
+    problems: list[str] = []
+    conn = psycopg2.connect(db_config.psycopg2_dsn)
+    try:
+        with conn.cursor() as cur:
+            for table in plugin_models.PLUGIN_TABLES:
+                cur.execute("SELECT to_regclass(%s)", (table.name,))
+                if cur.fetchone()[0] is None:
+                    problems.append(f"table {table.name} is missing")
+            cur.execute("SELECT 1 FROM pg_trigger WHERE tgname = %s", (plugin_models.DELETE_TRIGGER_NAME,))
+            if cur.fetchone() is None:
+                problems.append(f"deletion trigger {plugin_models.DELETE_TRIGGER_NAME} is missing")
+            for view in VIEWS:
+                cur.execute("SELECT pg_get_viewdef(to_regclass(%s))", (view,))
+                row = cur.fetchone()
+                if row is None or row[0] is None or PLUGIN_TABLE_MARKER not in row[0]:
+                    problems.append(f"view {view} does not include {PLUGIN_TABLE_MARKER}")
+            if not problems:
+                cur.execute(f"SELECT schema_version FROM {plugin_models.QCMBSchemaVersionORM.__tablename__}")
+                row = cur.fetchone()
+                if row is None or row[0] != SCHEMA_VERSION:
+                    problems.append(f"plugin schema version is {row and row[0]}, this code needs {SCHEMA_VERSION}")
+    finally:
+        conn.close()
+    return problems

@@ -1,0 +1,509 @@
+"""Record socket of qcmb_manybody: a QCFractal service that runs qcmb-fractal's ManyBodyDriver.
+
+Each service iteration rebuilds the driver from ``service_orm.service_state`` (the DriverState JSON),
+feeds it the finished singlepoint children, creates singlepoints for whatever it hands out next and
+stores the state back. QCFractal errors a service as soon as all its dependencies are done and one of
+them errored; the hooks route that case to :meth:`QCMBManyBodyRecordSocket.handle_failed_dependencies`,
+which retries the child (up to ``max_attempts``) and only then errors the record, naming the clusters.
+"""
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tabulate
+from qcfractal.components.base_record_socket import BaseRecordSocket
+from qcfractal.components.molecules.db_models import MoleculeORM
+from qcfractal.components.outputstore.utils import create_output_orm
+from qcfractal.components.record_db_models import BaseRecordORM
+from qcfractal.components.record_utils import append_output, upsert_output
+from qcfractal.components.services.db_models import ServiceDependencyORM, ServiceQueueORM
+from qcfractal.db_socket.helpers import insert_general
+from qcportal.exceptions import MissingDataError, UserReportableError
+from qcportal.metadata_models import InsertCountsMetadata, InsertMetadata
+from qcportal.molecules import Molecule
+from qcportal.record_models import OutputTypeEnum, PriorityEnum, RecordStatusEnum
+from qcportal.singlepoint import QCSpecification
+from qcportal.utils import is_included, now_at_utc
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, joinedload, selectinload, undefer
+
+import qcmb_fractal
+from qcmb_fractal.drive.driver import ManyBodyDriver
+from qcmb_fractal.drive.state import ComponentProperties, DriverState, TaskStatus
+from qcmb_fractal.errors import InputError
+from qcmb_fractal.plan import FragmentTask, Plan
+from qcmb_fractal.plan.inputs import manybody_input
+from qcmb_fractal.plugin import RECORD_TYPE
+from qcmb_fractal.plugin.client.record_models import (
+    QCMBInput,
+    QCMBMultiInput,
+    QCMBQueryFilters,
+    QCMBSpecification,
+)
+from qcmb_fractal.plugin.server.record_db_models import QCMBClusterORM, QCMBManyBodyRecordORM
+
+logger = logging.getLogger(__name__)
+
+# Advisory lock id for find_existing inserts; any constant distinct from QCFractal's own (14500...).
+QCMB_INSERT_LOCK_ID = 14700
+
+FAILED_DEPENDENCIES_MESSAGE = "Some task(s) did not complete successfully"
+
+# Program errors can be whole result documents; the failure table shows the start of the last line.
+ERROR_WIDTH = 200
+
+
+def validated_input(molecule: Molecule, spec: QCMBSpecification):
+    """The qcmanybody ManyBodyInput for a stored molecule and specification; InputError if it cannot run."""
+    return manybody_input({"molecule": molecule.convert_v(2).model_dump(), "specification": spec.manybody})
+
+
+def validated_plan(molecule: Molecule, spec: QCMBSpecification) -> Plan:
+    """The plan the service will run; building it at submission turns every planning error into an HTTP 400."""
+    return Plan(validated_input(molecule, spec))
+
+
+def specification_hash(spec: QCMBSpecification) -> str:
+    return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def component_properties(props: dict[str, Any], driver: str) -> ComponentProperties:
+    """What the N-body analysis needs from a finished singlepoint, read as the local backend reads an AtomicResult.
+
+    QCFractal keeps ``return_result`` among the properties, which matters for harnesses (xtb) that put the
+    driver's derivative only there.
+    """
+    values: dict[str, Any] = {}
+    for name in ("energy", "gradient", "hessian"):
+        value = props.get(f"return_{name}")
+        if value is None and name == driver:
+            value = props.get("return_result")
+        if value is None:
+            continue
+        if name == "energy":
+            values[name] = float(value)
+        elif name == "gradient":
+            values[name] = np.asarray(value, dtype=float).reshape(-1, 3).tolist()
+        else:
+            flat = np.asarray(value, dtype=float).ravel()
+            n = round(flat.size**0.5)
+            values[name] = flat.reshape(n, n).tolist()
+    return ComponentProperties(**values)
+
+
+def singlepoint_error(record: BaseRecordORM) -> str:
+    """The last error a failed child reported, as one string."""
+    if record.compute_history:
+        out = record.compute_history[-1].outputs.get(OutputTypeEnum.error)
+        if out is not None:
+            err = out.get_output()
+            if isinstance(err, dict):
+                return f"{err.get('error_type', 'error')}: {err.get('error_message', '')}".strip()
+            return str(err)
+    return f"singlepoint {record.id} ended as {record.status.value} without an error message"
+
+
+class QCMBManyBodyRecordSocket(BaseRecordSocket):
+    """Socket for qcmb_manybody records"""
+
+    record_orm = QCMBManyBodyRecordORM
+    record_input_type = QCMBInput
+    record_multi_input_type = QCMBMultiInput
+
+    def __init__(self, root_socket) -> None:
+        BaseRecordSocket.__init__(self, root_socket)
+        self._logger = logging.getLogger(__name__)
+
+    def available(self) -> bool:
+        return True
+
+    ############################################
+    # Service
+    ############################################
+
+    @staticmethod
+    def _driver(service_orm: ServiceQueueORM) -> ManyBodyDriver:
+        state = DriverState.model_validate(service_orm.service_state["driver"])
+        return ManyBodyDriver.from_state(state)
+
+    @staticmethod
+    def _save(service_orm: ServiceQueueORM, driver: ManyBodyDriver) -> None:
+        # Reassign, never mutate: the column type does not track changes inside the structure.
+        service_orm.service_state = {"driver": driver.state.model_dump(mode="json")}
+
+    def initialize_service(self, session: Session, service_orm: ServiceQueueORM) -> None:
+        rec: QCMBManyBodyRecordORM = service_orm.record
+        spec = QCMBSpecification(**rec.specification)
+        plan = validated_plan(rec.initial_molecule.to_model(Molecule), spec)
+        driver = ManyBodyDriver(plan, mode=spec.mode, max_attempts=spec.max_attempts)
+
+        rec.clusters = [
+            QCMBClusterORM(
+                task_hash=t.hash,
+                mc_level=t.mc,
+                level=t.level,
+                fragments=list(t.real),
+                basis=list(t.basis),
+                labels=list(t.labels),
+            )
+            for t in plan.tasks
+        ]
+        self._save(service_orm, driver)
+
+        output = f"\n\nqcmb-fractal {qcmb_fractal.__version__} many-body service ({spec.mode} mode, "
+        output += f"up to {spec.max_attempts} attempts per fragment calculation)\n\n{plan.summary()}\n"
+        append_output(session, rec, OutputTypeEnum.stdout, output)
+
+    def iterate_service(self, session: Session, service_orm: ServiceQueueORM) -> bool:
+        rec: QCMBManyBodyRecordORM = service_orm.record
+        rec.compute_history[-1].provenance = {
+            "creator": "qcmb-fractal",
+            "version": qcmb_fractal.__version__,
+            "routine": "qcmb_fractal.plugin.server",
+        }
+        return self._advance(session, service_orm)
+
+    def handle_failed_dependencies(self, session: Session, service_orm: ServiceQueueORM) -> None:
+        """QCFractal found errored children: retry them if attempts remain, else error the record with a table."""
+        self._advance(session, service_orm)
+
+    def _advance(self, session: Session, service_orm: ServiceQueueORM) -> bool:
+        rec: QCMBManyBodyRecordORM = service_orm.record
+        driver = self._driver(service_orm)
+        pending, retried = self._collect(service_orm, driver)
+
+        batch: list[FragmentTask] = []
+        if not driver.finished:
+            batch = driver.next_batch()
+        submitted = self._submit(session, service_orm, rec, driver, batch)
+        self._set_dependencies(service_orm, [(d.record_id, d.extras["task"]) for d in pending] + submitted)
+        self._save(service_orm, driver)
+        append_output(session, rec, OutputTypeEnum.stdout, self._progress_text(driver, len(batch), retried))
+
+        if driver.complete:
+            self._finalize(session, rec, driver)
+            return True
+        if not service_orm.dependencies:
+            if not driver.failed:
+                raise RuntimeError("the many-body driver neither finished nor handed out work; state is inconsistent")
+            self._fail(session, service_orm, rec, driver)
+        return False
+
+    def _collect(
+        self, service_orm: ServiceQueueORM, driver: ManyBodyDriver
+    ) -> tuple[list[ServiceDependencyORM], list[str]]:
+        """Feed finished children to the driver; returns the still-pending dependencies and retried labels."""
+        pending: list[ServiceDependencyORM] = []
+        retried: list[str] = []
+        for dep in service_orm.dependencies:
+            key = dep.extras["task"]
+            child = dep.record
+            if child.status == RecordStatusEnum.complete:
+                driver.record_result(
+                    key,
+                    component_properties(child.properties or {}, driver.plan.input.specification.driver.value),
+                    worker=child.manager_name,
+                    reference=str(child.id),
+                )
+            elif child.status == RecordStatusEnum.error:
+                if driver.record(key).status is TaskStatus.error:
+                    # Failed for good before, so the record errored; it was reset since: fresh attempts.
+                    driver.state.tasks[key] = driver.record(key).model_copy(
+                        update={"status": TaskStatus.running, "attempts": 0}
+                    )
+                if driver.record_failure(key, singlepoint_error(child), worker=child.manager_name):
+                    retried.append(driver.plan.by_hash[key].label)
+            else:
+                pending.append(dep)
+        return pending, retried
+
+    def _submit(
+        self,
+        session: Session,
+        service_orm: ServiceQueueORM,
+        rec: QCMBManyBodyRecordORM,
+        driver: ManyBodyDriver,
+        tasks: Sequence[FragmentTask],
+    ) -> list[tuple[int, str]]:
+        """Create (or find) the singlepoint records of ``tasks``; errored ones found again are reset to run anew."""
+        if not tasks:
+            return []
+        builder = driver.plan.builder
+        clusters = {c.task_hash: c for c in rec.clusters}
+        by_spec: dict[str, list[FragmentTask]] = {}
+        for t in tasks:
+            by_spec.setdefault(builder.spec_name(t.mc), []).append(t)
+
+        deps: list[tuple[int, str]] = []
+        to_reset: list[int] = []
+        for spec_name, group in by_spec.items():
+            entry = builder.specifications[spec_name]
+            atomic = entry["specification"]
+            qc_spec = QCSpecification(
+                program=entry["program"],
+                driver=driver.plan.input.specification.driver.value,
+                method=atomic["model"]["method"],
+                basis=atomic["model"].get("basis"),
+                keywords=atomic.get("keywords") or {},
+            )
+            meta, spec_id = self.root_socket.records.singlepoint.add_specification(qc_spec, session=session)
+            if not meta.success:
+                raise RuntimeError("cannot add singlepoint specification: " + meta.error_string)
+            molecules = [Molecule(**builder.fragment_molecule(t.real, t.basis).model_dump()) for t in group]
+            meta, mol_ids = self.root_socket.molecules.add(molecules, session=session)
+            if not meta.success:
+                raise RuntimeError("cannot add fragment molecules: " + meta.error_string)
+            meta, sp_ids = self.root_socket.records.singlepoint.add_internal(
+                mol_ids,
+                spec_id,
+                service_orm.compute_tag,
+                service_orm.compute_priority,
+                rec.owner_user_id,
+                service_orm.find_existing,
+                session=session,
+            )
+            if not meta.success:
+                raise RuntimeError("cannot add singlepoint records: " + meta.error_string)
+            for t, mol_id, sp_id in zip(group, mol_ids, sp_ids, strict=True):
+                clusters[t.hash].molecule_id = mol_id
+                clusters[t.hash].singlepoint_id = sp_id
+                deps.append((sp_id, t.hash))
+            to_reset.extend(sp_ids[i] for i in meta.existing_idx)
+
+        if to_reset:
+            stmt = select(BaseRecordORM.id).where(
+                BaseRecordORM.id.in_(to_reset), BaseRecordORM.status == RecordStatusEnum.error
+            )
+            errored = list(session.execute(stmt).scalars())
+            if errored:
+                self.root_socket.records.reset(errored, session=session)
+        return deps
+
+    @staticmethod
+    def _set_dependencies(service_orm: ServiceQueueORM, wanted: list[tuple[int, str]]) -> None:
+        """Make the service wait on exactly ``wanted`` (singlepoint id, task hash), keeping existing rows.
+
+        Rows are unique per (service, record, extras) and an orphaned row is deleted only after new rows are
+        inserted, so re-creating a row for the same child in one flush would violate that constraint.
+        """
+        existing = {(d.record_id, d.extras["task"]): d for d in service_orm.dependencies}
+        service_orm.dependencies = [
+            existing.get(key) or ServiceDependencyORM(record_id=key[0], extras={"task": key[1]})
+            for key in dict.fromkeys(wanted)
+        ]
+
+    @staticmethod
+    def _progress_text(driver: ManyBodyDriver, submitted: int, retried: list[str]) -> str:
+        rows = [(p.level, p.total, p.complete, p.running, p.waiting, p.error) for p in driver.progress()]
+        text = f"\n[{now_at_utc():%Y-%m-%d %H:%M:%S}] submitted {submitted} fragment calculation(s)"
+        if retried:
+            text += f"; retrying {len(retried)} failed: {', '.join(sorted(retried))}"
+        text += "\n" + tabulate.tabulate(rows, headers=["n-body", "total", "done", "running", "waiting", "errored"])
+        return text + "\n"
+
+    def _failure_table(self, rec: QCMBManyBodyRecordORM, driver: ManyBodyDriver) -> str:
+        sp_ids = {c.task_hash: c.singlepoint_id for c in rec.clusters}
+        rows = []
+        for key, task_rec in sorted(driver.state.tasks.items(), key=lambda kv: driver.plan.by_hash[kv[0]].label):
+            if task_rec.status is TaskStatus.error:
+                err = (task_rec.error or "unknown error").strip().splitlines()
+                label = driver.plan.by_hash[key].label
+                rows.append((label, sp_ids.get(key), task_rec.attempts, err[-1][:ERROR_WIDTH] if err else ""))
+        return tabulate.tabulate(rows, headers=["cluster", "singlepoint", "attempts", "last error"])
+
+    def _fail(
+        self, session: Session, service_orm: ServiceQueueORM, rec: QCMBManyBodyRecordORM, driver: ManyBodyDriver
+    ) -> None:
+        """Error the record, keeping the failed children as dependencies so a reset re-runs exactly them."""
+        failed = [c for c in rec.clusters if driver.record(c.task_hash).status is TaskStatus.error]
+        self._set_dependencies(service_orm, [(c.singlepoint_id, c.task_hash) for c in failed if c.singlepoint_id])
+        done = sum(1 for r in driver.state.tasks.values() if r.status is TaskStatus.complete)
+        message = (
+            f"{len(failed)} fragment calculation(s) failed after {driver.state.max_attempts} attempt(s); "
+            f"{done} finished ones are kept. Fix the cause and reset this record: only these run again.\n"
+            + self._failure_table(rec, driver)
+        )
+        append_output(session, rec, OutputTypeEnum.stdout, "\n" + message + "\n")
+        now = now_at_utc()
+        upsert_output(
+            session,
+            rec,
+            create_output_orm(OutputTypeEnum.error, {"error_type": "qcmb_fragment_failures", "error_message": message}),
+        )
+        rec.compute_history[-1].status = RecordStatusEnum.error
+        rec.compute_history[-1].modified_on = now
+        rec.status = RecordStatusEnum.error
+        rec.modified_on = now
+
+    def _finalize(self, session: Session, rec: QCMBManyBodyRecordORM, driver: ManyBodyDriver) -> None:
+        result = driver.finalize()
+        rec.result = result.model_dump(mode="json")
+        properties = result.properties.model_dump(mode="json", exclude_none=True)
+        properties["return_result"] = rec.result["return_result"]
+        rec.properties = properties
+        attempts = sum(r.attempts for r in driver.state.tasks.values())
+        rec.extras = {
+            "qcmb_fractal": {"mode": driver.state.mode, "tasks": len(driver.plan.tasks), "failed_attempts": attempts}
+        }
+        append_output(session, rec, OutputTypeEnum.stdout, "\n" + (result.stdout or "") + "\n")
+
+    ############################################
+    # Add / get / query
+    ############################################
+
+    def add(
+        self,
+        initial_molecules: Sequence[int | Molecule],
+        spec: QCMBSpecification,
+        compute_tag: str,
+        compute_priority: PriorityEnum,
+        creator_user: int | str | None,
+        find_existing: bool,
+        *,
+        session: Session | None = None,
+    ) -> tuple[InsertMetadata, list[int | None]]:
+        """Add records after checking every molecule with the specification (InputError → HTTP 400)."""
+        compute_tag = compute_tag.lower()
+        spec_hash = specification_hash(spec)
+        with self.root_socket.optional_session(session, False) as session:
+            creator_user_id = self.root_socket.users.get_optional_user_id(creator_user, session=session)
+            mol_meta, mol_ids = self.root_socket.molecules.add_mixed(initial_molecules, session=session)
+            if not mol_meta.success:
+                error = "Aborted - could not add molecules: " + mol_meta.error_string
+                return InsertMetadata(error_description=error), []
+            for i, mol_id in enumerate(mol_ids):
+                mol = session.get(MoleculeORM, mol_id).to_model(Molecule)
+                try:
+                    validated_plan(mol, spec)
+                except InputError as err:
+                    raise UserReportableError(f"molecule {i} (id {mol_id}): {err}") from None
+
+            all_orm = []
+            for mol_id in mol_ids:
+                orm = QCMBManyBodyRecordORM(
+                    is_service=True,
+                    specification=spec.model_dump(mode="json"),
+                    specification_hash=spec_hash,
+                    initial_molecule_id=mol_id,
+                    status=RecordStatusEnum.waiting,
+                    owner_user_id=creator_user_id,
+                    creator_user_id=creator_user_id,
+                )
+                self.create_service(orm, compute_tag, compute_priority, find_existing)
+                all_orm.append(orm)
+
+            if find_existing:
+                meta, ids = insert_general(
+                    session,
+                    all_orm,
+                    (QCMBManyBodyRecordORM.specification_hash, QCMBManyBodyRecordORM.initial_molecule_id),
+                    (QCMBManyBodyRecordORM.id,),
+                    use_unique=False,
+                    lock_id=QCMB_INSERT_LOCK_ID,
+                )
+                return meta, [x[0] for x in ids]
+            session.add_all(all_orm)
+            session.flush()
+            return InsertMetadata(inserted_idx=list(range(len(all_orm)))), [x.id for x in all_orm]
+
+    def add_from_input(
+        self,
+        record_input: QCMBInput,
+        compute_tag: str,
+        compute_priority: PriorityEnum,
+        creator_user: int | str | None,
+        find_existing: bool,
+        *,
+        session: Session | None = None,
+    ) -> tuple[InsertCountsMetadata, int]:
+        meta, ids = self.add(
+            [record_input.initial_molecule],
+            record_input.specification,
+            compute_tag,
+            compute_priority,
+            creator_user,
+            find_existing,
+            session=session,
+        )
+        return InsertCountsMetadata.from_insert_metadata(meta), ids[0]
+
+    def get(
+        self,
+        record_ids: Sequence[int],
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        missing_ok: bool = False,
+        *,
+        session: Session | None = None,
+    ) -> list[dict[str, Any] | None]:
+        options = []
+        if include:
+            if is_included("initial_molecule", include, exclude, False):
+                options.append(joinedload(QCMBManyBodyRecordORM.initial_molecule))
+            if is_included("clusters", include, exclude, False):
+                options.append(selectinload(QCMBManyBodyRecordORM.clusters))
+            if is_included("result", include, exclude, False):
+                options.append(undefer(QCMBManyBodyRecordORM.result))
+        with self.root_socket.optional_session(session, True) as session:
+            return self.root_socket.records.get_base(
+                orm_type=self.record_orm,
+                record_ids=record_ids,
+                include=include,
+                exclude=exclude,
+                missing_ok=missing_ok,
+                additional_options=options,
+                session=session,
+            )
+
+    def query(self, query_data: QCMBQueryFilters, *, session: Session | None = None) -> list[int]:
+        and_query = []
+        if query_data.initial_molecule_id is not None:
+            and_query.append(QCMBManyBodyRecordORM.initial_molecule_id.in_(query_data.initial_molecule_id))
+        if query_data.mode is not None:
+            and_query.append(QCMBManyBodyRecordORM.specification["mode"].astext.in_(query_data.mode))
+        stmt = select(QCMBManyBodyRecordORM.id).where(*and_query)
+        return self.root_socket.records.query_base(
+            stmt=stmt, orm_type=QCMBManyBodyRecordORM, query_data=query_data, session=session
+        )
+
+    def _get_orm(self, session: Session, record_id: int, *options) -> QCMBManyBodyRecordORM:
+        rec = session.get(QCMBManyBodyRecordORM, record_id, options=list(options))
+        if rec is None:
+            raise MissingDataError(f"Cannot find {RECORD_TYPE} record {record_id}")
+        return rec
+
+    def get_clusters(self, record_id: int, *, session: Session | None = None) -> list[dict[str, Any]]:
+        with self.root_socket.optional_session(session, True) as session:
+            rec = self._get_orm(session, record_id, selectinload(QCMBManyBodyRecordORM.clusters))
+            return [c.model_dict() for c in rec.clusters]
+
+    def get_result(self, record_id: int, *, session: Session | None = None) -> dict[str, Any] | None:
+        with self.root_socket.optional_session(session, True) as session:
+            return self._get_orm(session, record_id, undefer(QCMBManyBodyRecordORM.result)).result
+
+    def get_level_status(self, record_id: int, *, session: Session | None = None) -> list[dict[str, int]]:
+        """Per n-body level: children done, running, waiting (incl. not yet created) and errored."""
+        stmt = (
+            select(QCMBClusterORM.level, BaseRecordORM.status, func.count())
+            .outerjoin(BaseRecordORM, BaseRecordORM.id == QCMBClusterORM.singlepoint_id)
+            .where(QCMBClusterORM.manybody_id == record_id)
+            .group_by(QCMBClusterORM.level, BaseRecordORM.status)
+        )
+        with self.root_socket.optional_session(session, True) as session:
+            self._get_orm(session, record_id)
+            levels: dict[int, dict[str, int]] = {}
+            for level, status, count in session.execute(stmt).all():
+                row = levels.setdefault(level, {"level": level, "total": 0})
+                key = {
+                    None: "waiting",
+                    RecordStatusEnum.waiting: "waiting",
+                    RecordStatusEnum.running: "running",
+                    RecordStatusEnum.complete: "complete",
+                }.get(status, "error")
+                row[key] = row.get(key, 0) + count
+                row["total"] += count
+            return [levels[k] for k in sorted(levels)]
