@@ -415,7 +415,7 @@ def test_server_killed_and_restarted_mid_run(server, managers, caplog):
     run.join(300)
 
     assert_computed_once_and_same_numbers(run, server, plan, inp)
-    assert any("server unreachable, will retry" in r.getMessage() for r in caplog.records)
+    assert any("server unavailable, will retry for up to" in r.getMessage() for r in caplog.records)
     assert manager.proc is not None and manager.proc.poll() is None, "the manager should ride out the restart too"
     manager.stop()
     assert_no_temporary_files(server, manager)
