@@ -87,6 +87,7 @@ class Server:
     proc: subprocess.Popen | None = None
     starts: int = 0
     heartbeat_max_missed: int = HEARTBEAT_MAX_MISSED
+    command: tuple[str, ...] = ("qcfractal-server",)  # or the plugin's ``qcmb-fractal-server``
     keys: dict[str, str] = field(default_factory=lambda: {k: secrets.token_urlsafe(32) for k in ("secret", "jwt")})
     managers: list["Manager"] = field(default_factory=list)
 
@@ -148,7 +149,7 @@ class Server:
         self.starts += 1
         log = open(self.root / f"server-{self.starts}.log", "w")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
-            ["qcfractal-server", "--config", str(self.config), "start"],
+            [*self.command, "start", "--config", str(self.config)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=_env(self.root / "tmp"),
