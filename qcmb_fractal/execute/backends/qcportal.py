@@ -369,8 +369,13 @@ class QCPortalBackend(Backend):
                     logger.error("qcportal[%s]: %s", self._where, exc)
                     self._fail_all(f"QCFractal server {self._where} failed: {type(exc).__name__}: {exc}")
                     last_ok = time.monotonic()
-                else:
-                    logger.warning("qcportal[%s]: server unreachable, will retry: %s", self._where, exc)
+                else:  # a 5xx is a reachable server that cannot answer yet (e.g. its database is away)
+                    logger.warning(
+                        "qcportal[%s]: server unavailable, will retry for up to %.0f s more: %s",
+                        self._where,
+                        self.server_timeout - (time.monotonic() - last_ok),
+                        str(exc).strip(),
+                    )
                 submitted = resolved = 0
             # Poll often while records change, back off to poll_interval while long calculations run
             interval = fastest if submitted or resolved else min(interval * 2, self.poll_interval)

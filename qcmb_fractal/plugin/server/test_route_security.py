@@ -1,0 +1,97 @@
+"""The plugin's routes on a server with security enabled: who can submit, who can read.
+
+QCFractal's own roles decide (``check_permissions`` on every route): only a submitter may add; read-only
+users and submitters may read; anonymous clients may read only where the server allows unauthenticated
+reads (QCFractal's default, off on a private server). Both kinds of server are tested. No compute
+manager: permissions are decided before any calculation exists.
+"""
+
+import pytest
+from qcportal import PortalClient
+
+from qcmb_fractal.errors import InputError
+from qcmb_fractal.plugin.client import (
+    add_qcmb_manybodys,
+    get_qcmb_manybodys,
+    qcmb_level_status,
+    query_qcmb_manybodys,
+    simple_specification,
+)
+from qcmb_fractal.plugin.conftest import water_cluster
+from qcmb_fractal.testing.fractal import drop_database, fresh_database
+
+DB_NAME = "qcmb_srvfault_plugin_security"
+USERS = {
+    "reader": ("qcmb_sec_reader", "read", "reader-password-123"),
+    "submitter": ("qcmb_sec_submit", "submit", "submit-password-123"),
+}
+ADMIN = ("qcmb_sec_admin", "admin", "admin-password-123")
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["public-read", "private"])
+def secured(request):
+    from qcfractal.db_socket import SQLAlchemySocket
+    from qcfractal.snowflake import FractalSnowflake
+    from qcportal.auth import UserInfo
+
+    from qcmb_fractal.plugin.server.hooks import check_startup, install_hooks
+
+    install_hooks()
+    public = request.param
+    cfg = fresh_database(DB_NAME, plugin=True)
+    snowflake = FractalSnowflake(
+        start=False,
+        compute_workers=0,
+        database_config=cfg,
+        extra_config={"enable_security": True, "allow_unauthenticated_read": public, "loglevel": "WARNING"},
+    )
+    socket = SQLAlchemySocket(snowflake._qcf_config)
+    for user, role, password in [*USERS.values(), ADMIN]:
+        socket.users.add(UserInfo(username=user, role=role, enabled=True), password)
+    socket.engine.dispose()
+    check_startup(cfg)
+    snowflake.start()
+    try:
+        yield snowflake.get_uri(), public
+    finally:
+        snowflake.stop()
+        drop_database(DB_NAME)
+
+
+def login(uri: str, who: str | None) -> PortalClient:
+    if who is None:
+        return PortalClient(uri, show_motd=False)
+    user, _, password = USERS[who]
+    return PortalClient(uri, user, password, show_motd=False)
+
+
+SPEC = simple_specification(program="xtb", method="gfn2-xtb", max_nbody=2)
+
+
+@pytest.mark.parametrize("who", [None, "reader"])
+def test_anonymous_and_read_only_users_cannot_submit(secured, who):
+    from qcportal.client_base import PortalRequestError
+
+    with pytest.raises((InputError, PortalRequestError)) as refused:  # a private server refuses at login
+        add_qcmb_manybodys(login(secured[0], who), water_cluster(2, shift=7.0), SPEC)
+    text = str(refused.value).lower()
+    assert any(word in text for word in ("permission", "forbidden", "requires login")), text
+    assert "traceback" not in text
+
+
+def test_submitter_submits_and_reading_follows_the_server_rules(secured):
+    uri, public = secured
+    _, (rid,) = add_qcmb_manybodys(login(uri, "submitter"), water_cluster(2, shift=9.0), SPEC)
+    for who in ("reader", "submitter"):
+        client = login(uri, who)
+        assert get_qcmb_manybodys(client, rid).id == rid
+        assert [r.id for r in query_qcmb_manybodys(client, record_id=rid)] == [rid]
+        assert isinstance(qcmb_level_status(client, rid), list)
+    if public:
+        anonymous = login(uri, None)
+        assert get_qcmb_manybodys(anonymous, rid).id == rid
+        assert isinstance(qcmb_level_status(anonymous, rid), list)
+    else:
+        with pytest.raises(Exception) as refused:  # QCPortal refuses at login: the server needs a user
+            qcmb_level_status(login(uri, None), rid)
+        assert "requires login" in str(refused.value) and "Traceback" not in str(refused.value)
