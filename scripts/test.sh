@@ -9,6 +9,8 @@ fi
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 scripts/postgres.sh
 python3 -m ruff check .
+# Subprocesses (workers, ranks, servers, managers' tasks) write coverage data here, not in their own cwd.
+export COVERAGE_FILE="$PWD/.coverage"
 python3 -m pytest --cov=qcmb_fractal --cov-report=term:skip-covered "$@"
 # On a full run, the plan/drive/execute core must stay covered (workers and MPI ranks included).
 if [ $# -eq 0 ]; then
