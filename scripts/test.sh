@@ -15,5 +15,5 @@ python3 -m pytest --cov=qcmb_fractal --cov-report=term:skip-covered "$@"
 # On a full run, the plan/drive/execute core must stay covered (workers and MPI ranks included).
 if [ $# -eq 0 ]; then
   python3 -m coverage report --include='qcmb_fractal/plan/*,qcmb_fractal/drive/*,qcmb_fractal/execute/*' \
-    --omit='*/test_*' --fail-under=95
+    --fail-under=95
 fi

@@ -10,7 +10,9 @@ import contextlib
 import logging
 import os
 import subprocess
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg2
 from psycopg2 import sql
@@ -18,6 +20,8 @@ from qcfractal.config import DatabaseConfig
 from qcfractal.postgres_harness import PostgresHarness
 from qcfractal.snowflake import FractalSnowflake
 from qcportal import PortalClient
+from qcportal.molecules import Molecule as PortalMolecule
+from qcportal.record_models import RecordStatusEnum
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +31,13 @@ PG_SUPERUSER = os.environ.get("QCMB_PG_SUPERUSER", "postgres")
 # The same login role scripts/postgres.sh creates for CI; created here too if missing.
 PG_ROLE = os.environ.get("QCMB_TEST_PG_USER", "qcmb_test")
 PG_PASSWORD = os.environ.get("QCMB_TEST_PG_PASSWORD", "qcmb_test")
+# Checkouts testing side by side on one PostgreSQL set different suffixes, so they never share a database.
+DB_SUFFIX = os.environ.get("QCMB_TEST_DB_SUFFIX", "")
+
+
+def checkout_db_name(name: str) -> str:
+    """``name`` with this checkout's suffix; idempotent, so helpers may apply it at every boundary."""
+    return name if name.endswith(DB_SUFFIX) else f"{name}{DB_SUFFIX}"
 
 
 def _superuser_connection():
@@ -56,6 +67,7 @@ def ensure_login_role() -> None:
 
 def drop_database(db_name: str) -> None:
     """Drop a test database even while a stopped server's connection pool still holds connections to it."""
+    db_name = checkout_db_name(db_name)
     conn = _superuser_connection()
     conn.autocommit = True
     try:
@@ -72,7 +84,7 @@ def database_config(db_name: str, base_folder: str = "/tmp") -> DatabaseConfig:
         port=PG_PORT,
         username=PG_ROLE,
         password=PG_PASSWORD,
-        database_name=db_name,
+        database_name=checkout_db_name(db_name),
         own=False,
     )
 
@@ -129,3 +141,19 @@ def fractal_snowflake(
         snowflake.stop()
         if not keep_database:
             drop_database(db_name)
+
+
+def portal_molecule(molecule: Any) -> PortalMolecule:
+    """A QCSchema v2 molecule (what the planner and the testing helpers use) as QCPortal's own Molecule."""
+    return PortalMolecule(**molecule.convert_v(1).model_dump())
+
+
+def wait_for_record(client: PortalClient, record_id: int, timeout: float = 240.0) -> Any:
+    """The record once it is complete or errored; fails the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        record = client.get_records(record_id)
+        if record.status in (RecordStatusEnum.complete, RecordStatusEnum.error):
+            return record
+        assert time.monotonic() < deadline, f"record {record_id} still {record.status.value} after {timeout} s"
+        time.sleep(0.5)

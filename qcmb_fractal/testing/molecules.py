@@ -114,12 +114,16 @@ def water_cluster_text(n: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def water_cluster(n: int) -> Molecule:
-    """An n-water cluster as a QCSchema v2 molecule with explicit neutral-singlet fragments."""
+def water_cluster(n: int, shift: float = 0.0) -> Molecule:
+    """An n-water cluster as a QCSchema v2 molecule with explicit neutral-singlet fragments.
+
+    ``shift`` (bohr) moves it rigidly: the same energies, but other molecules to a QCFractal server, so
+    tests sharing one server never find each other's records.
+    """
     atoms = water_cluster_xyz(n)
     return Molecule(
         symbols=[s for s, _ in atoms],
-        geometry=np.array([p for _, p in atoms]).ravel() * ANGSTROM_TO_BOHR,
+        geometry=np.array([p for _, p in atoms]).ravel() * ANGSTROM_TO_BOHR + shift,
         fragments=[[3 * i, 3 * i + 1, 3 * i + 2] for i in range(n)],
         fragment_charges=[0.0] * n,
         fragment_multiplicities=[1] * n,

@@ -19,9 +19,10 @@ from qcmb_fractal.plugin.client import (
     query_qcmb_manybodys,
     simple_specification,
 )
-from qcmb_fractal.plugin.conftest import wait_for, water_cluster
-from qcmb_fractal.plugin.server.fault_harness import FAULT_PROGRAM, write_fault_plan
 from qcmb_fractal.plugin.server.record_socket import validated_input
+from qcmb_fractal.testing.fault_harness import FAULT_PROGRAM, write_fault_plan
+from qcmb_fractal.testing.fractal import portal_molecule, wait_for_record
+from qcmb_fractal.testing.molecules import water_cluster
 from qcmb_fractal.testing.programs import needs_nwchem, needs_xtb
 
 pytestmark = needs_xtb
@@ -69,15 +70,15 @@ def singlepoints_by_level(client, record):
 
 
 def test_eager_energy_equals_serial_and_builtin_service(client):
-    mol = water_cluster(3, shift=0.0)
+    mol = portal_molecule(water_cluster(3, shift=0.0))
     spec = simple_specification(program="xtb", method="gfn2-xtb", max_nbody=3, mode="eager")
     meta, (rid,) = add_qcmb_manybodys(client, mol, spec)
     assert meta.inserted_idx == [0]
     qcsp = QCSpecification(program="xtb", driver="energy", method="gfn2-xtb", basis=None)
     _, (builtin_id,) = client.add_manybodys([mol], "qcmanybody", {1: qcsp, 2: qcsp, 3: qcsp}, ["nocp"], {})
 
-    record = wait_for(client, rid)
-    builtin = wait_for(client, builtin_id)
+    record = wait_for_record(client, rid)
+    builtin = wait_for_record(client, builtin_id)
     assert record.status == RecordStatusEnum.complete, record.error
     assert builtin.status == RecordStatusEnum.complete
 
@@ -111,10 +112,10 @@ def test_eager_energy_equals_serial_and_builtin_service(client):
 
 
 def test_levels_mode_gradient_runs_level_after_level(client):
-    mol = water_cluster(3, shift=0.5)
+    mol = portal_molecule(water_cluster(3, shift=0.5))
     spec = simple_specification(program="xtb", method="gfn2-xtb", driver="gradient", max_nbody=2, mode="levels")
     _, (rid,) = add_qcmb_manybodys(client, mol, spec, find_existing=False)
-    record = wait_for(client, rid)
+    record = wait_for_record(client, rid)
     assert record.status == RecordStatusEnum.complete, record.error
     assert_same_properties(record, local_backend_reference(mol, spec))
     assert np.asarray(record.properties["return_gradient"]).size == 27
@@ -127,7 +128,7 @@ def test_levels_mode_gradient_runs_level_after_level(client):
 
 
 def test_multilevel_with_supersystem_equals_serial(client):
-    mol = water_cluster(3, shift=1.0)
+    mol = portal_molecule(water_cluster(3, shift=1.0))
     xtb = {"program": "xtb", "driver": "energy", "keywords": {}}
     spec = QCMBSpecification(
         manybody={
@@ -140,7 +141,7 @@ def test_multilevel_with_supersystem_equals_serial(client):
         }
     )
     _, (rid,) = add_qcmb_manybodys(client, mol, spec)
-    record = wait_for(client, rid)
+    record = wait_for_record(client, rid)
     assert record.status == RecordStatusEnum.complete, record.error
     assert sorted(c.mc_level for c in record.clusters) == ["gfn1"] * 3 + ["gfn2"] * 4
     assert_same_properties(record, serial_reference(mol, spec))
@@ -149,10 +150,10 @@ def test_multilevel_with_supersystem_equals_serial(client):
 @needs_nwchem
 @pytest.mark.nwchem
 def test_counterpoise_with_nwchem_equals_serial(client):
-    mol = water_cluster(2, shift=1.5)
+    mol = portal_molecule(water_cluster(2, shift=1.5))
     spec = simple_specification(program="nwchem", method="hf", basis="sto-3g", bsse=("cp", "nocp"), max_nbody=2)
     _, (rid,) = add_qcmb_manybodys(client, mol, spec)
-    record = wait_for(client, rid)
+    record = wait_for_record(client, rid)
     assert record.status == RecordStatusEnum.complete, record.error
     assert_same_properties(record, serial_reference(mol, spec))
     assert "cp_corrected_interaction_energy" in record.properties
@@ -161,17 +162,17 @@ def test_counterpoise_with_nwchem_equals_serial(client):
 @needs_nwchem
 @pytest.mark.nwchem
 def test_hessian_with_nwchem_equals_serial(client):
-    mol = water_cluster(2, shift=5.0)
+    mol = portal_molecule(water_cluster(2, shift=5.0))
     spec = simple_specification(program="nwchem", method="hf", basis="sto-3g", driver="hessian", max_nbody=2)
     _, (rid,) = add_qcmb_manybodys(client, mol, spec)
-    record = wait_for(client, rid)
+    record = wait_for_record(client, rid)
     assert record.status == RecordStatusEnum.complete, record.error
     assert_same_properties(record, serial_reference(mol, spec))
     assert np.asarray(record.properties["return_hessian"]).size == 18 * 18
 
 
 def test_counterpoise_with_ghost_blind_program_is_refused_at_submission(client):
-    mol = water_cluster(3, shift=2.0)
+    mol = portal_molecule(water_cluster(3, shift=2.0))
     spec = simple_specification(program="xtb", method="gfn2-xtb", bsse=("cp",), max_nbody=2)
     with pytest.raises(InputError, match="ignores them"):
         add_qcmb_manybodys(client, mol, spec)
@@ -180,10 +181,10 @@ def test_counterpoise_with_ghost_blind_program_is_refused_at_submission(client):
 
 def test_child_failing_once_is_retried(client, fault_dir):
     write_fault_plan(fault_dir, natoms=[6], failures=1)
-    mol = water_cluster(3, shift=2.5)
+    mol = portal_molecule(water_cluster(3, shift=2.5))
     spec = simple_specification(program=FAULT_PROGRAM, method="gfn2-xtb", max_nbody=2)
     _, (rid,) = add_qcmb_manybodys(client, mol, spec)
-    record = wait_for(client, rid)
+    record = wait_for_record(client, rid)
     assert record.status == RecordStatusEnum.complete, record.error
     assert "retrying 3 failed" in record.stdout
 
@@ -196,10 +197,10 @@ def test_child_failing_once_is_retried(client, fault_dir):
 
 def test_child_always_failing_errors_record_and_reset_resumes(client, fault_dir):
     write_fault_plan(fault_dir, natoms=[6], failures=-1)
-    mol = water_cluster(3, shift=3.0)
+    mol = portal_molecule(water_cluster(3, shift=3.0))
     spec = simple_specification(program=FAULT_PROGRAM, method="gfn2-xtb", max_nbody=2, mode="levels", max_attempts=2)
     _, (rid,) = add_qcmb_manybodys(client, mol, spec)
-    record = wait_for(client, rid)
+    record = wait_for_record(client, rid)
     assert record.status == RecordStatusEnum.error
     message = record.error["error_message"]
     assert "3 fragment calculation(s) failed after 2 attempt(s)" in message
@@ -210,7 +211,7 @@ def test_child_always_failing_errors_record_and_reset_resumes(client, fault_dir)
 
     write_fault_plan(fault_dir)  # the node is fixed
     client.reset_records([rid])
-    record = wait_for(client, rid)
+    record = wait_for_record(client, rid)
     assert record.status == RecordStatusEnum.complete, record.error
     by_level = singlepoints_by_level(client, get_qcmb_manybodys(client, rid, include=["clusters"]))
     assert [len(sp.compute_history) for sp in by_level[1]] == [1, 1, 1]  # finished children were not recomputed

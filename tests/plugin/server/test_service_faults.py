@@ -10,17 +10,17 @@ import pytest
 from qcmanybody.v2.computer import ManyBodyComputer
 from qcportal.record_models import RecordStatusEnum
 
-from qcmb_fractal.execute.backends.test_qcportal_faults import (
+from qcmb_fractal.plugin.client import add_qcmb_manybodys, qcmb_level_status, simple_specification
+from qcmb_fractal.plugin.server.record_socket import validated_input
+from qcmb_fractal.testing.fractal import drop_database, fresh_database, portal_molecule
+from qcmb_fractal.testing.molecules import water_cluster
+from qcmb_fractal.testing.programs import needs_xtb
+from qcmb_fractal.testing.servers import (
     Manager,
     Server,
     assert_no_temporary_files,
-    wait_for,
+    wait_until,
 )
-from qcmb_fractal.plugin.client import add_qcmb_manybodys, qcmb_level_status, simple_specification
-from qcmb_fractal.plugin.conftest import water_cluster
-from qcmb_fractal.plugin.server.record_socket import validated_input
-from qcmb_fractal.testing.fractal import drop_database, fresh_database
-from qcmb_fractal.testing.programs import needs_xtb
 
 pytestmark = [needs_xtb, pytest.mark.slow]
 DB_NAME = "qcmb_srvfault_plugin_service"
@@ -38,7 +38,7 @@ def test_manager_killed_mid_service_hands_its_children_to_a_new_manager(tmp_path
         managers.append(first)
         first.start()
         client = server.admin()
-        mol = water_cluster(2, shift=11.0)
+        mol = portal_molecule(water_cluster(2, shift=11.0))
         spec = simple_specification(program="xtb", method="gfn2-xtb", max_nbody=2, mode="levels")
         _, (rid,) = add_qcmb_manybodys(client, mol, spec)
 
@@ -46,13 +46,13 @@ def test_manager_killed_mid_service_hands_its_children_to_a_new_manager(tmp_path
             levels = qcmb_level_status(client, rid)
             return len(levels) == 2 and levels[0].complete == 2 and levels[1].running == 1
 
-        wait_for(dimer_held, 120, "the manager to hold the dimer", first.log)
+        wait_until(dimer_held, 120, "the manager to hold the dimer", first.log)
         first.kill()
-        wait_for(lambda: qcmb_level_status(client, rid)[1].running == 0, 60, "the dimer handed back", server.log)
+        wait_until(lambda: qcmb_level_status(client, rid)[1].running == 0, 60, "the dimer handed back", server.log)
         second = Manager(tmp_path / "managers", server, "qcmb-srvfault-plugin-second")
         managers.append(second)
         second.start()
-        wait_for(
+        wait_until(
             lambda: client.get_records(rid).status in (RecordStatusEnum.complete, RecordStatusEnum.error),
             240,
             "the service to finish",

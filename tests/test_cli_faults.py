@@ -20,9 +20,9 @@ from qcmanybody.v2.computer import ManyBodyComputer
 
 from qcmb_fractal.errors import InputError
 from qcmb_fractal.execute.backends.local import SCRATCH_PREFIX
-from qcmb_fractal.execute.backends.test_local_faults import install_fault_nwchem, tagged_processes
 from qcmb_fractal.outputs import write_output
 from qcmb_fractal.plan import load_input
+from qcmb_fractal.testing.local_faults import install_fault_nwchem, tagged_processes
 from qcmb_fractal.testing.programs import needs_nwchem
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -22,8 +22,8 @@ import pytest
 from qcmanybody.models.v2 import ManyBodyInput, ManyBodyResult
 
 from qcmb_fractal.errors import InputError
-from qcmb_fractal.execute.backends.test_local_reference import CASES
 from qcmb_fractal.plan import Plan
+from qcmb_fractal.testing.cases import CASES
 from qcmb_fractal.testing.molecules import water_cluster, water_cluster_text
 from qcmb_fractal.testing.programs import needs_xtb
 from qcmb_fractal.testing.reference import XTB_GFN2, assert_same_result, mbe_input, serial_reference

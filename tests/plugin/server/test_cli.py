@@ -22,9 +22,18 @@ from qcportal import PortalClient
 from qcportal.record_models import RecordStatusEnum
 
 from qcmb_fractal.plugin.client import add_qcmb_manybodys, qcmb_level_status, simple_specification
-from qcmb_fractal.plugin.conftest import wait_for, water_cluster
 from qcmb_fractal.plugin.server.record_socket import validated_input
-from qcmb_fractal.testing.fractal import PG_HOST, PG_PASSWORD, PG_PORT, PG_ROLE, drop_database
+from qcmb_fractal.testing.fractal import (
+    PG_HOST,
+    PG_PASSWORD,
+    PG_PORT,
+    PG_ROLE,
+    checkout_db_name,
+    drop_database,
+    portal_molecule,
+    wait_for_record,
+)
+from qcmb_fractal.testing.molecules import water_cluster
 
 DB_NAME = "qcmb_plugin_cli"
 SERVER = [sys.executable, "-m", "qcmb_fractal.plugin.server"]
@@ -48,7 +57,7 @@ def write_configs(tmp_path: Path, port: int) -> tuple[Path, Path]:
             "port": PG_PORT,
             "username": PG_ROLE,
             "password": PG_PASSWORD,
-            "database_name": DB_NAME,
+            "database_name": checkout_db_name(DB_NAME),
             "own": False,
         },
         "api": {
@@ -131,7 +140,7 @@ def test_real_server_refuses_installs_survives_sigkill_and_computes(tmp_path):
         client = connect(f"http://127.0.0.1:{port}")  # the manager gives up at once if the server is not up yet
         manager_cmd = [shutil.which("qcfractal-compute-manager"), "--config", str(manager_cfg)]
         manager = start(manager_cmd, tmp_path / "manager.log")
-        mol = water_cluster(3, shift=4.0)
+        mol = portal_molecule(water_cluster(3, shift=4.0))
         spec = simple_specification(program="xtb", method="gfn2-xtb", max_nbody=2, mode="levels")
         _, (rid,) = add_qcmb_manybodys(client, mol, spec)
 
@@ -143,7 +152,7 @@ def test_real_server_refuses_installs_survives_sigkill_and_computes(tmp_path):
 
         server = start([*SERVER, "start", "--config", str(server_cfg)], tmp_path / "server.log")
         client = connect(f"http://127.0.0.1:{port}")
-        record = wait_for(client, rid)
+        record = wait_for_record(client, rid)
         assert record.status == RecordStatusEnum.complete, record.error
         reference = ManyBodyComputer.from_manybodyinput(validated_input(mol, spec))
         for n in (1, 2):

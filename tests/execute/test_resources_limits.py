@@ -17,12 +17,6 @@ from qcmanybody.v2.computer import ManyBodyComputer
 from qcmb_fractal.errors import InputError, RunFailed
 from qcmb_fractal.execute import Runner
 from qcmb_fractal.execute.backends.local import LocalBackend
-from qcmb_fractal.execute.backends.test_local_faults import (
-    WATER_DIMER,
-    assert_nothing_left,
-    dimer_plan,
-    install_fault_nwchem,
-)
 from qcmb_fractal.execute.resources import (
     ADDRESS_SLACK_GIB,
     MIN_TASK_MEMORY_GIB,
@@ -31,6 +25,12 @@ from qcmb_fractal.execute.resources import (
     select_resources,
 )
 from qcmb_fractal.plan import Plan, plain_input
+from qcmb_fractal.testing.local_faults import (
+    WATER_DIMER,
+    assert_nothing_left,
+    dimer_plan,
+    install_fault_nwchem,
+)
 from qcmb_fractal.testing.programs import needs_nwchem
 
 

@@ -17,8 +17,8 @@ from qcmb_fractal.plugin.client import (
     query_qcmb_manybodys,
     simple_specification,
 )
-from qcmb_fractal.plugin.conftest import water_cluster
-from qcmb_fractal.testing.fractal import drop_database, fresh_database
+from qcmb_fractal.testing.fractal import drop_database, fresh_database, portal_molecule
+from qcmb_fractal.testing.molecules import water_cluster
 
 DB_NAME = "qcmb_srvfault_plugin_security"
 USERS = {
@@ -73,7 +73,7 @@ def test_anonymous_and_read_only_users_cannot_submit(secured, who):
     from qcportal.client_base import PortalRequestError
 
     with pytest.raises((InputError, PortalRequestError)) as refused:  # a private server refuses at login
-        add_qcmb_manybodys(login(secured[0], who), water_cluster(2, shift=7.0), SPEC)
+        add_qcmb_manybodys(login(secured[0], who), portal_molecule(water_cluster(2, shift=7.0)), SPEC)
     text = str(refused.value).lower()
     assert any(word in text for word in ("permission", "forbidden", "requires login")), text
     assert "traceback" not in text
@@ -81,7 +81,7 @@ def test_anonymous_and_read_only_users_cannot_submit(secured, who):
 
 def test_submitter_submits_and_reading_follows_the_server_rules(secured):
     uri, public = secured
-    _, (rid,) = add_qcmb_manybodys(login(uri, "submitter"), water_cluster(2, shift=9.0), SPEC)
+    _, (rid,) = add_qcmb_manybodys(login(uri, "submitter"), portal_molecule(water_cluster(2, shift=9.0)), SPEC)
     for who in ("reader", "submitter"):
         client = login(uri, who)
         assert get_qcmb_manybodys(client, rid).id == rid

@@ -8,7 +8,7 @@ import os
 
 if os.environ.get("QCMB_FAULT_DIR"):
     try:
-        from qcmb_fractal.plugin.server.fault_harness import register
+        from qcmb_fractal.testing.fault_harness import register
     except ImportError:
         pass
     else:

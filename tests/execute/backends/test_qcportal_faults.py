@@ -7,24 +7,15 @@ CLI runs it. The server's heartbeat settings are lowered so a dead manager is no
 """
 
 import contextlib
-import os
-import secrets
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import psycopg2
 import pytest
-import requests
 import yaml
 from psycopg2 import sql
-from qcportal import PortalClient
 
 from qcmb_fractal.errors import InputError, RunFailed
 from qcmb_fractal.execute import Runner
@@ -42,221 +33,23 @@ from qcmb_fractal.testing.fractal import (
 from qcmb_fractal.testing.molecules import water_cluster
 from qcmb_fractal.testing.programs import needs_xtb
 from qcmb_fractal.testing.reference import XTB_GFN2, assert_same_result, mbe_input, serial_reference
+from qcmb_fractal.testing.servers import (
+    HEARTBEAT_MAX_MISSED,
+    OUTAGE_TOLERANT_MAX_MISSED,
+    READER,
+    READER_PASSWORD,
+    SUBMITTER,
+    SUBMITTER_PASSWORD,
+    Manager,
+    Server,
+    assert_no_temporary_files,
+    wait_until,
+)
 
 pytestmark = needs_xtb
 
 XTB = {"xtb": XTB_GFN2}
-ADMIN, ADMIN_PASSWORD = "qcmb_srvfault_admin", "admin-password-123"
-SUBMITTER, SUBMITTER_PASSWORD = "qcmb_srvfault_submitter", "submitter-password-123"
-MANAGER, MANAGER_PASSWORD = "qcmb_srvfault_manager", "manager-password-123"
-READER, READER_PASSWORD = "qcmb_srvfault_reader", "reader-password-123"
 DATABASE = "qcmb_srvfault_qcportal"
-# Heartbeats are 1 s apart. A manager silent for HEARTBEAT_MAX_MISSED s is declared dead and its tasks handed
-# back; a manager that cannot reach the server for as long gives up on its own (it reads the same setting at
-# start), so a server restart needs a larger value than a quick test of a dead manager wants.
-HEARTBEAT_MAX_MISSED = 5
-OUTAGE_TOLERANT_MAX_MISSED = 90
-
-
-def _free_port() -> int:
-    from qcfractal.port_util import find_open_port
-
-    return find_open_port("127.0.0.1")
-
-
-def _env(tmp: Path) -> dict[str, str]:
-    """Children inherit this checkout and a private temporary directory, which must stay empty."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "TMPDIR": str(tmp)}
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL a process and everything it started: a crashed node, not a shutdown."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-@dataclass
-class Server:
-    """A ``qcfractal-server start`` process group on its own database, restartable on that database."""
-
-    root: Path
-    database: str
-    port: int = field(default_factory=_free_port)
-    proc: subprocess.Popen | None = None
-    starts: int = 0
-    heartbeat_max_missed: int = HEARTBEAT_MAX_MISSED
-    command: tuple[str, ...] = ("qcfractal-server",)  # or the plugin's ``qcmb-fractal-server``
-    keys: dict[str, str] = field(default_factory=lambda: {k: secrets.token_urlsafe(32) for k in ("secret", "jwt")})
-    managers: list["Manager"] = field(default_factory=list)
-
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def config(self) -> Path:
-        return self.root / "server.yaml"
-
-    def write_config(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "tmp").mkdir(exist_ok=True)
-        config = {
-            "base_folder": str(self.root),
-            "temporary_dir": str(self.root / "qcf_tmp"),
-            "loglevel": "INFO",
-            "enable_security": True,
-            "allow_unauthenticated_read": False,
-            "service_frequency": 1,
-            "heartbeat_frequency": 1,
-            "heartbeat_frequency_jitter": 0.0,
-            "heartbeat_max_missed": self.heartbeat_max_missed,
-            "database": {
-                "own": False,
-                "host": PG_HOST,
-                "port": PG_PORT,
-                "username": PG_ROLE,
-                "password": PG_PASSWORD,
-                "database_name": self.database,
-            },
-            "api": {
-                "host": "127.0.0.1",
-                "port": self.port,
-                "secret_key": self.keys["secret"],  # kept across restarts: logged-in clients stay logged in
-                "jwt_secret_key": self.keys["jwt"],
-                "user_session_cookie_secure": False,
-            },
-        }
-        self.config.write_text(yaml.safe_dump(config))
-
-    def add_users(self) -> None:
-        from qcfractal.config import read_configuration
-        from qcfractal.db_socket import SQLAlchemySocket
-        from qcportal.auth import UserInfo
-
-        socket = SQLAlchemySocket(read_configuration([str(self.config)]))
-        for user, role, password in [
-            (ADMIN, "admin", ADMIN_PASSWORD),
-            (SUBMITTER, "submit", SUBMITTER_PASSWORD),
-            (MANAGER, "compute", MANAGER_PASSWORD),
-            (READER, "read", READER_PASSWORD),
-        ]:
-            socket.users.add(UserInfo(username=user, role=role, enabled=True), password)
-        socket.engine.dispose()
-
-    def start(self) -> None:
-        self.starts += 1
-        log = open(self.root / f"server-{self.starts}.log", "w")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen(
-            [*self.command, "start", "--config", str(self.config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=_env(self.root / "tmp"),
-            start_new_session=True,
-        )
-        log.close()
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.proc.poll() is None, self.log()
-            with contextlib.suppress(requests.RequestException):  # a PortalClient would back off for seconds
-                if requests.get(f"{self.uri}/api/v1/information", timeout=5).status_code < 500:  # 401: up, secured
-                    return
-            assert time.monotonic() < deadline, self.log()
-            time.sleep(0.2)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        _kill_group(self.proc)
-
-    def reconfigure(self, heartbeat_max_missed: int) -> None:
-        """Restart cleanly (SIGTERM) with other heartbeat settings; managers started later pick them up."""
-        if heartbeat_max_missed == self.heartbeat_max_missed:
-            return
-        assert self.proc is not None
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=60)
-        finally:
-            _kill_group(self.proc)
-        self.heartbeat_max_missed = heartbeat_max_missed
-        self.write_config()
-        self.start()
-
-    def admin(self) -> PortalClient:
-        return PortalClient(self.uri, ADMIN, ADMIN_PASSWORD, show_motd=False)
-
-    def log(self) -> str:
-        return "\n".join(p.read_text()[-3000:] for p in sorted(self.root.glob("server-*.log")))
-
-
-@dataclass
-class Manager:
-    """A ``qcfractal-compute-manager`` process group running xtb one task at a time."""
-
-    root: Path
-    server: Server
-    name: str
-    proc: subprocess.Popen | None = None
-
-    @property
-    def folder(self) -> Path:
-        return self.root / self.name
-
-    def registered(self) -> Any:
-        """The server's record of this manager (its full name carries a fresh UUID)."""
-        (found,) = [m for m in self.server.admin().query_managers() if m.cluster == self.name]
-        return found
-
-    def start(self) -> None:
-        folder = self.folder
-        (folder / "scratch").mkdir(parents=True)
-        (folder / "tmp").mkdir()
-        config = {
-            "base_folder": str(folder),
-            "cluster": self.name,
-            "loglevel": "INFO",
-            "logfile": str(folder / "manager.log"),
-            "update_frequency": 1,
-            "update_frequency_jitter": 0.0,
-            "parsl_run_dir": str(folder / "parsl"),
-            "server": {"fractal_uri": self.server.uri, "username": MANAGER, "password": MANAGER_PASSWORD},
-            "executors": {
-                "local": {
-                    "type": "local",
-                    "cores_per_worker": 1,
-                    "memory_per_worker": 1,
-                    "max_workers": 1,
-                    "compute_tags": ["*"],
-                    "scratch_directory": str(folder / "scratch"),
-                }
-            },
-        }
-        (folder / "manager.yaml").write_text(yaml.safe_dump(config))
-        self.proc = subprocess.Popen(
-            ["qcfractal-compute-manager", "--config", str(folder / "manager.yaml")],
-            stdout=subprocess.DEVNULL,
-            stderr=open(folder / "stderr.log", "w"),  # noqa: SIM115
-            env=_env(folder / "tmp"),
-            start_new_session=True,
-        )
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        _kill_group(self.proc)
-
-    def stop(self) -> None:
-        """A clean shutdown (SIGTERM), so the server hears the manager leave."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                _kill_group(self.proc)
-
-    def log(self) -> str:
-        path = self.root / self.name / "manager.log"
-        return path.read_text()[-3000:] if path.exists() else ""
 
 
 @pytest.fixture(scope="module")
@@ -324,13 +117,6 @@ class BackgroundRun:
             raise self.error
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str, diagnostics: Callable[[], str]) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}\n{diagnostics()}"
-        time.sleep(0.1)
-
-
 def records(server: Server, plan: Plan) -> list:
     """The plan's singlepoints on the server (each test has its own specification)."""
     spec = plan.atomic_input(plan.tasks[0]).specification
@@ -359,13 +145,6 @@ def assert_computed_once_and_same_numbers(run: BackgroundRun, server: Server, pl
     return found
 
 
-def assert_no_temporary_files(server: Server, *managers: Manager) -> None:
-    folders = [server.root / "tmp", server.root / "qcf_tmp"]
-    folders += [m.folder / sub for m in managers for sub in ("tmp", "scratch")]
-    left = [str(p) for folder in folders if folder.exists() for p in folder.rglob("*")]
-    assert not left, f"temporary files left behind: {left}"
-
-
 def dimer(method: str, driver: str = "energy"):
     inp = mbe_input(water_cluster(2), {"xtb": ("xtb", method, None)}, {2: "xtb"}, bsse=["nocp"], driver=driver)
     return inp, Plan(inp)
@@ -383,14 +162,14 @@ def test_manager_killed_mid_task_hands_its_tasks_to_a_new_manager(server, manage
         status = by_status(server, plan)
         return len(status.get("complete", ())) == 2 and "running" in status
 
-    wait_for(monomers_done_dimer_claimed, 120, "the manager to claim the dimer", first.log)
+    wait_until(monomers_done_dimer_claimed, 120, "the manager to claim the dimer", first.log)
     first.kill()
     before = by_status(server, plan)
     finished, held = before.get("complete", set()), before.get("running", set())
     assert len(held) == 1
 
     # The server's heartbeat check declares it dead and hands its tasks back to the queue
-    wait_for(lambda: "running" not in by_status(server, plan), 60, "the task to be handed back", server.log)
+    wait_until(lambda: "running" not in by_status(server, plan), 60, "the task to be handed back", server.log)
     assert first.registered().status.value == "inactive"
     second = managers("second")
     run.join(300)
@@ -408,7 +187,7 @@ def test_server_killed_and_restarted_mid_run(server, managers, caplog):
     server.reconfigure(OUTAGE_TOLERANT_MAX_MISSED)  # so the manager waits for the server as the client does
     manager = managers("through-restart")
     run = BackgroundRun(plan, server).start()
-    wait_for(lambda: "complete" in by_status(server, plan), 120, "a first result", manager.log)
+    wait_until(lambda: "complete" in by_status(server, plan), 120, "a first result", manager.log)
     server.kill()  # API and job runner at once, mid-run
     time.sleep(20)  # longer than PortalClient retries a request on its own
     assert run.thread.is_alive()
@@ -442,7 +221,7 @@ def test_database_connections_dropped_and_refused_then_restored(server, managers
     server.reconfigure(HEARTBEAT_MAX_MISSED)  # a dead manager's task comes back quickly
     manager = managers("through-db-outage")
     run = BackgroundRun(plan, server).start()
-    wait_for(lambda: "complete" in by_status(server, plan), 120, "a first result", manager.log)
+    wait_until(lambda: "complete" in by_status(server, plan), 120, "a first result", manager.log)
     name = sql.Identifier(server.database)
     terminate = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s"
     with contextlib.closing(superuser()) as conn, conn.cursor() as cur:
