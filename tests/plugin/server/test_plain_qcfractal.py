@@ -12,6 +12,7 @@ checked once without it.
 import os
 import shutil
 import subprocess
+import sys
 import venv
 from pathlib import Path
 
@@ -96,7 +97,9 @@ def test_installed_package_loads_the_plugin_where_qcfractal_loads_and_nowhere_el
 
 def test_plain_qcfractal_server_serves_plugin_records_and_refuses_what_it_cannot_serve(wheel_python, tmp_path):
     plain_database(DB_NAME)
-    script = shutil.which("qcfractal-server")
+    found = shutil.which("qcfractal-server", path=os.path.dirname(sys.executable)) or shutil.which("qcfractal-server")
+    script = Path(found)  # QCFractal's console script, a Python file the venv's python can run
+    assert "python" in script.read_text().splitlines()[0], f"{script} is not QCFractal's Python console script"
     # The manager must outlive the server's restart below: it gives up after this many missed heartbeats.
     server = Server(
         tmp_path / "server",
