@@ -44,6 +44,8 @@ PLUGIN_NOTES = {
     "init-db": "; adds the plugin's tables and views",
     "upgrade-db": "; installs or upgrades the plugin's tables and views",
     "start": "; runs `check` first",
+    "start-api": "; runs `check` first",
+    "start-job-runner": "; runs `check` first",
 }
 CHECK_HELP = "Verify the plugin: QCFractal version, hooks, the database's tables and views. Changes nothing."
 HELP_FLAGS = ("-h", "--help")
@@ -133,7 +135,11 @@ def _ready(argv: list[str]) -> None:
     print(f"qcmb-fractal plugin ready in {config.database.safe_uri}")
 
 
-BEFORE: dict[str, Callable[[list[str]], None]] = {"start": lambda argv: check_startup(_config(argv).database)}
+def _checked(argv: list[str]) -> None:
+    check_startup(_config(argv).database)
+
+
+BEFORE: dict[str, Callable[[list[str]], None]] = dict.fromkeys(("start", "start-api", "start-job-runner"), _checked)
 AFTER: dict[str, Callable[[list[str]], None]] = {
     "init-config": _write_config_section,
     "init-db": _ready,

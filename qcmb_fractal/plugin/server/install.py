@@ -1,6 +1,7 @@
 """Create or upgrade the plugin's part of a QCFractal database: tables, deletion trigger, children views, stamp.
 
-Everything here is idempotent, so ``init-db`` and ``upgrade-db`` both simply call :func:`install_schema`.
+Everything here is idempotent: QCFractal's own ``init-db`` and ``upgrade-db`` call :func:`install_schema` after
+their own work (see :mod:`.hooks`), and QCFractal's schema check calls :func:`schema_problems`.
 QCFractal's children views are fixed unions over its own record types; they are replaced by the same
 unions plus this record type, or delete/cancel/reset/children_status would never see its children.
 """
