@@ -82,7 +82,7 @@ def on_qcfractal_module(name: str, module: ModuleType, *, kept_out_by: str | Non
     record type itself is hooked later, when the first socket is built.
     """
     reason = kept_out_by or version_problem()
-    if name == "qcfractal.config" and reason is None:
+    if name == "qcfractal.config":  # also with the plugin kept out: its configuration still reads, the guard says why
         add_config_section(module.FractalConfig)
     elif name == "qcfractal.db_socket.socket":
         if reason is None:
