@@ -121,12 +121,12 @@ def hook_database_socket(socket_cls: Any) -> None:
     original_upgrade = socket_cls.upgrade_database
 
     @functools.wraps(original_init)
-    def __init__(self, qcf_config) -> None:
+    def __init__(self: Any, qcf_config: Any) -> None:
         install_hooks()
         original_init(self, qcf_config)
 
     @functools.wraps(original_check)
-    def _check_db_revision(engine) -> None:
+    def _check_db_revision(engine: Any) -> None:
         from qcmb_fractal.plugin.server.install import schema_problems
 
         original_check(engine)
@@ -162,7 +162,7 @@ def guard_database_socket(socket_cls: Any, reason: str) -> None:
     original_check = socket_cls._check_db_revision
 
     @functools.wraps(original_check)
-    def _check_db_revision(engine) -> None:
+    def _check_db_revision(engine: Any) -> None:
         from sqlalchemy import text
 
         original_check(engine)
