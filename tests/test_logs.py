@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from qcmb_fractal import logs
 from qcmb_fractal.logs import JsonFormatter, LogSettings, configure_logging, current_log_settings
 from qcmb_fractal.testing.molecules import water_cluster_text
 from qcmb_fractal.testing.programs import needs_xtb
@@ -38,9 +39,10 @@ def test_json_record_names_process_level_and_exception():
     assert out["time"].endswith("+00:00")
 
 
-def test_file_keeps_info_while_the_terminal_shows_warnings(tmp_path, capsys):
+def test_file_keeps_info_while_the_terminal_shows_warnings(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(logs, "_CURRENT", None)  # restored afterwards: later workers must not log to this file
     root = logging.getLogger()
-    saved = root.handlers[:], root.level, current_log_settings()
+    saved = root.handlers[:], root.level
     log = tmp_path / "run.log"
     try:
         configure_logging(LogSettings(level=logging.WARNING, file=str(log), format="text"))
