@@ -41,7 +41,7 @@ python3 -m venv "$WORK/venv"
 "$WORK/venv/bin/pip" install -q --disable-pip-version-check 'podman-compose>=1.2'
 
 compose() {
-  "$WORK/venv/bin/podman-compose" -p "$PROJECT" -f "$REPO/docker/compose.yaml" -f "$WORK/compose.host.yaml" "$@"
+  "$WORK/venv/bin/podman-compose" --no-ansi -p "$PROJECT" -f "$REPO/docker/compose.yaml" -f "$WORK/compose.host.yaml" "$@"
 }
 cleanup() {
   local rc=$?
@@ -114,8 +114,16 @@ export QCMB_SECRETS=$WORK/secrets
 stamp "starting the stack"
 up_start=$SECONDS
 compose up -d --no-build >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log"; exit 1; }
-until python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$API_PORT/api/v1/information', timeout=2)" \
-  2>/dev/null; do
+answers() {  # any HTTP answer counts: with anonymous reads off, the server answers 401
+  python3 - "http://127.0.0.1:$API_PORT/api/v1/information" <<'PY' 2>/dev/null
+import sys, urllib.error, urllib.request
+try:
+    urllib.request.urlopen(sys.argv[1], timeout=2)
+except urllib.error.HTTPError:
+    pass
+PY
+}
+until answers; do
   running=$(podman ps --filter "label=io.podman.compose.project=$PROJECT" --format '{{.Names}}' | wc -l)
   if [ "$running" -ne 3 ] || [ $((SECONDS - up_start)) -gt 300 ]; then
     stamp "the stack is not up ($running of 3 containers running, $((SECONDS - up_start)) s)"
