@@ -140,6 +140,16 @@ podman run --rm --network host -v "$REPO/docker/check_service.py:/check_service.
   /run/secrets/admin_password | tee "$WORK/check.log"
 record_seconds=$(awk '/^TIME_TO_RECORD/ {print $2}' "$WORK/check.log")
 
+stamp "an MPI run in the compute image (what the Apptainer image runs on HPC)"
+mpi_start=$SECONDS
+podman run --rm --network host --entrypoint sh "localhost/qcmb-fractal-compute:$TAG" -c '
+  set -e; cd /tmp
+  python -c "from qcmb_fractal.testing.molecules import water_cluster_text as w; print(w(3))" > w3.xyz
+  mpiexec -n 3 qcmb-fractal run w3.xyz --program nwchem --method hf --basis sto-3g --bsse nocp cp --max-nbody 3 \
+    --backend mpi --no-progress' | tee "$WORK/mpi.log"
+grep -q "13 calculations (13 computed" "$WORK/mpi.log"
+mpi_seconds=$((SECONDS - mpi_start))
+
 echo
 echo "== docker/test.sh summary =="
 for image in postgres server compute; do
@@ -149,4 +159,5 @@ for image in postgres server compute; do
 done
 echo "stack up to server answering: $((check_start - up_start)) s"
 echo "submission to finished record (water trimer, NWChem HF/STO-3G, nocp+cp, MBE(3), 13 calculations): ${record_seconds} s"
+echo "mpiexec -n 3 qcmb-fractal run --backend mpi in the compute image (a water trimer, HF/STO-3G, nocp+cp, MBE(3); container start included): ${mpi_seconds} s"
 echo "whole test: $((SECONDS - T0)) s"
