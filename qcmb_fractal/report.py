@@ -139,15 +139,22 @@ def figure(result: ManyBodyResult) -> "Figure":
     ax_ie.set_ylabel("interaction energy through n-body [kcal/mol]")
     ax_tot.set_ylabel("total energy through n-body [$E_h$]")
     ax_tot.yaxis.set_major_formatter(FormatStrFormatter("%.4f"))  # absolute hartrees, never an offset
-    top = max((n for bsse in bsse_types(result) for n, _ in levels(result, bsse, "total")), default=1)
+    top = max(
+        (n for bsse in bsse_types(result) for kind in ("total", "interaction") for n, _ in levels(result, bsse, kind)),
+        default=1,
+    )
     ax_ie.set_title("interaction energy", fontsize=11)
     ax_tot.set_title("total energy", fontsize=11)
-    for ax in (ax_ie, ax_tot):
+    for ax, kind in ((ax_ie, "interaction"), (ax_tot, "total")):
         ax.set_xlabel("n-body level")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlim(0.7, top + 0.6)  # room right of the last level for its value
         ax.grid(True, color="0.9")
-        ax.legend(title="BSSE")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(title="BSSE")
+        else:  # e.g. cp alone without the monomers in their own basis has no total energies
+            ax.text(0.5, 0.5, f"this result has no {kind} energies", transform=ax.transAxes, ha="center", color="0.4")
+            ax.set_yticks([])
     fig.suptitle(title(result))
     return fig
 

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,22 @@ def test_plot_draws_each_bsse_treatment_per_level(result_path):
     assert "kcal/mol" in ax_ie.get_ylabel()
     labels = [t.get_text() for t in ax_ie.texts]  # the converged value next to each line
     assert f"{props.cp_corrected_interaction_energy_through_3_body * KCAL:.2f}".replace("-", "\N{MINUS SIGN}") in labels
+
+
+def test_plot_of_a_result_without_total_energies_says_so(result_path, tmp_path):
+    data = json.loads(result_path.read_text())
+    data["input_data"]["specification"]["keywords"]["bsse_type"] = ["cp"]
+    for key in data["properties"]:
+        if key.startswith("cp_corrected_total_energy"):
+            data["properties"][key] = None  # as when the monomers were never computed in their own basis
+    cp_only = tmp_path / "cp.json"
+    cp_only.write_text(json.dumps(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns about an empty legend
+        ax_ie, ax_tot = figure(load_result(cp_only)).axes
+    assert [line.get_label() for line in ax_ie.get_lines() if line.get_label() == "cp"] == ["cp"]
+    assert [t.get_text() for t in ax_tot.texts] == ["this result has no total energies"]
+    assert ax_ie.get_xlim()[1] > 3  # the interaction levels still decide the axis
 
 
 def test_plot_writes_a_png_next_to_the_result(result_path):
