@@ -107,7 +107,6 @@ def _configure_logging(args: argparse.Namespace) -> None:
     settings = LogSettings(
         level=level,
         file=str(Path(log_file).resolve()) if log_file else None,  # workers may run in another directory
-        file_level=min(level, logging.INFO),
         format=getattr(args, "log_format", "text"),
     )
     try:
