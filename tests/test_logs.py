@@ -2,6 +2,7 @@
 
 import json
 import logging
+import multiprocessing
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,7 @@ def test_json_record_names_process_level_and_exception():
 
 def test_file_keeps_info_while_the_terminal_shows_warnings(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(logs, "_CURRENT", None)  # restored afterwards: later workers must not log to this file
+    monkeypatch.setattr(multiprocessing.current_process(), "name", "local-worker-7")
     root = logging.getLogger()
     saved = root.handlers[:], root.level
     log = tmp_path / "run.log"
@@ -58,8 +60,8 @@ def test_file_keeps_info_while_the_terminal_shows_warnings(tmp_path, capsys, mon
         root.setLevel(saved[1])
     lines = log.read_text().splitlines()
     assert len(lines) == 2
-    assert lines[0].endswith(" MainProcess INFO qcmb_fractal.test: kept in the file only")
-    assert lines[1].endswith(" MainProcess WARNING qcmb_fractal.test: in both")
+    assert lines[0].endswith(" local-worker-7 INFO qcmb_fractal.test: kept in the file only")
+    assert lines[1].endswith(" local-worker-7 WARNING qcmb_fractal.test: in both")
     assert "kept in the file only" not in capsys.readouterr().err
 
 
