@@ -2,7 +2,8 @@
 and its numbers equal a local qcmb-fractal run of the same input (1e-9 Eh).
 
 Runs inside the compute image (it has QCPortal, qcmb-fractal and NWChem):
-    python check_service.py URI USERNAME PASSWORD_FILE
+    python check_service.py URI USERNAME PASSWORD_FILE           # submit, wait, compare
+    python check_service.py URI USERNAME PASSWORD_FILE RECORD_ID # after a restart: the record is still there
 """
 
 import json
@@ -21,6 +22,14 @@ from qcmb_fractal.plugin.client import add_qcmb_manybodys, get_qcmb_manybodys, q
 from qcmb_fractal.testing.molecules import water_trimer
 
 TIMEOUT = 900.0
+
+
+def still_there(uri: str, username: str, password_file: str, record_id: int) -> None:
+    client = PortalClient(uri, username=username, password=Path(password_file).read_text().strip())
+    record = get_qcmb_manybodys(client, record_id)
+    if record.status != "complete" or record.result is None:
+        sys.exit(f"FAIL: after the restart record {record_id} is {record.status.value}")
+    print(f"after the restart: record {record_id} complete, {len(record.cluster_singlepoints)} clusters")
 
 
 def main(uri: str, username: str, password_file: str) -> None:
@@ -66,8 +75,12 @@ def main(uri: str, username: str, password_file: str) -> None:
     print(f"server record vs local run: largest difference {worst:.1e} Eh")
     if worst > 1e-9:
         sys.exit("FAIL: the server's numbers differ from a local run")
+    print(f"RECORD_ID {record_id}")
     print(f"TIME_TO_RECORD {elapsed:.1f}")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    if len(sys.argv) > 4:
+        still_there(*sys.argv[1:4], int(sys.argv[4]))
+    else:
+        main(*sys.argv[1:4])

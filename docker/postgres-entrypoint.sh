@@ -12,5 +12,9 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     --encoding=UTF8 --locale=C.UTF-8 >/dev/null
   rm -f "$pwfile"
   echo "host all all all scram-sha-256" >> "$PGDATA/pg_hba.conf"
+  db=${POSTGRES_DB:-$USER_NAME}  # like the official image: an empty database named after the user
+  if [ "$db" != postgres ]; then
+    echo "CREATE DATABASE \"$db\";" | postgres --single -D "$PGDATA" postgres >/dev/null
+  fi
 fi
 exec postgres -c listen_addresses='*' -c unix_socket_directories=/var/run/postgresql

@@ -1,6 +1,6 @@
 # A stand-in for the official postgres image, from Debian's PostgreSQL, for machines that can reach Debian's
 # packages but no image registry. It takes the same settings as the official image (POSTGRES_USER,
-# POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE, PGPORT) and keeps its data in /var/lib/postgresql/data.
+# POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE, POSTGRES_DB, PGPORT) and keeps its data in /var/lib/postgresql/data.
 # Everywhere else compose.yaml uses the official image.
 ARG BASE=debian:bookworm-slim
 FROM ${BASE}

@@ -69,14 +69,18 @@ def write_config() -> dict:
     return database
 
 
-def wait_for_database(db: dict, timeout: float = 120.0) -> bool:
-    """True if the server's database exists, False if only PostgreSQL is up; exit if PostgreSQL never answers."""
+def connect(db: dict, dbname: str):
+    return psycopg2.connect(
+        host=db["host"], port=db["port"], user=db["username"], password=db["password"], dbname=dbname
+    )
+
+
+def database_state(db: dict, timeout: float = 120.0) -> str:
+    """``missing``, ``empty`` (made by a DBA or by the postgres image) or ``qcfractal``; waits for PostgreSQL."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            conn = psycopg2.connect(
-                host=db["host"], port=db["port"], user=db["username"], password=db["password"], dbname="postgres"
-            )
+            conn = connect(db, "postgres")
             break
         except psycopg2.OperationalError as err:
             if time.monotonic() > deadline:
@@ -85,9 +89,25 @@ def wait_for_database(db: dict, timeout: float = 120.0) -> bool:
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db["database_name"],))
-            return cur.fetchone() is not None
+            if cur.fetchone() is None:
+                return "missing"
     finally:
         conn.close()
+    conn = connect(db, db["database_name"])
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('public.alembic_version')")
+            return "empty" if cur.fetchone()[0] is None else "qcfractal"
+    finally:
+        conn.close()
+
+
+def create_tables() -> None:
+    """What init-db does after creating a database, for one that exists but is empty (init-db leaves those alone)."""
+    from qcfractal.config import read_configuration
+    from qcfractal.db_socket import SQLAlchemySocket
+
+    SQLAlchemySocket.create_database_tables(read_configuration([str(CONFIG)]).database)
 
 
 def ensure_users() -> None:
@@ -111,8 +131,10 @@ def ensure_users() -> None:
 def main() -> None:
     import subprocess
 
-    database = write_config()
-    command = "upgrade-db" if wait_for_database(database) else "init-db"
+    state = database_state(write_config())
+    if state == "empty":
+        create_tables()
+    command = "init-db" if state == "missing" else "upgrade-db"  # both also install the plugin's part
     subprocess.run(["qcmb-fractal-server", command, "--config", str(CONFIG)], check=True)
     ensure_users()
     os.execvp("qcmb-fractal-server", ["qcmb-fractal-server", "start", "--config", str(CONFIG), *sys.argv[1:]])

@@ -111,9 +111,6 @@ services:
 EOF
 export QCMB_SECRETS=$WORK/secrets
 
-stamp "starting the stack"
-up_start=$SECONDS
-compose up -d --no-build >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log"; exit 1; }
 answers() {  # any HTTP answer counts: with anonymous reads off, the server answers 401
   python3 - "http://127.0.0.1:$API_PORT/api/v1/information" <<'PY' 2>/dev/null
 import sys, urllib.error, urllib.request
@@ -123,22 +120,40 @@ except urllib.error.HTTPError:
     pass
 PY
 }
-until answers; do
-  running=$(podman ps --filter "label=io.podman.compose.project=$PROJECT" --format '{{.Names}}' | wc -l)
-  if [ "$running" -ne 3 ] || [ $((SECONDS - up_start)) -gt 300 ]; then
-    stamp "the stack is not up ($running of 3 containers running, $((SECONDS - up_start)) s)"
-    exit 1
-  fi
-  sleep 2
-done
+check() {  # check_service.py in a throwaway container of the compute image, as the admin
+  podman run --rm --network host -v "$REPO/docker/check_service.py:/check_service.py:ro" \
+    -v "$WORK/secrets/admin_password:/run/secrets/admin_password:ro" --entrypoint python \
+    "localhost/qcmb-fractal-compute:$TAG" /check_service.py "http://127.0.0.1:$API_PORT" admin \
+    /run/secrets/admin_password "$@"
+}
+wait_for_server() {
+  local start=$SECONDS running
+  until answers; do
+    running=$(podman ps --filter "label=io.podman.compose.project=$PROJECT" --format '{{.Names}}' | wc -l)
+    if [ "$running" -ne 3 ] || [ $((SECONDS - start)) -gt 300 ]; then
+      stamp "the stack is not up ($running of 3 containers running, $((SECONDS - start)) s)"
+      exit 1
+    fi
+    sleep 2
+  done
+}
+
+stamp "starting the stack"
+up_start=$SECONDS
+compose up -d --no-build >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log"; exit 1; }
+wait_for_server
 stamp "server answers after $((SECONDS - up_start)) s"
 
 check_start=$SECONDS
-podman run --rm --network host -v "$REPO/docker/check_service.py:/check_service.py:ro" \
-  -v "$WORK/secrets/admin_password:/run/secrets/admin_password:ro" --entrypoint python \
-  "localhost/qcmb-fractal-compute:$TAG" /check_service.py "http://127.0.0.1:$API_PORT" admin \
-  /run/secrets/admin_password | tee "$WORK/check.log"
+check | tee "$WORK/check.log"
 record_seconds=$(awk '/^TIME_TO_RECORD/ {print $2}' "$WORK/check.log")
+record_id=$(awk '/^RECORD_ID/ {print $2}' "$WORK/check.log")
+
+stamp "restarting the server: upgrade-db, same users, the record kept"
+compose restart server >/dev/null
+sleep 5
+wait_for_server
+check "$record_id"
 
 stamp "an MPI run in the compute image (what the Apptainer image runs on HPC)"
 mpi_start=$SECONDS
