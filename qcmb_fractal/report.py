@@ -95,8 +95,8 @@ def title(result: ManyBodyResult) -> str:
 def summary(result: ManyBodyResult) -> str:
     """What ``show`` prints: what was computed, the energy table, and how the run went if qcmb-fractal ran it."""
     lines = [title(result), "", energy_table(result)]
-    stats = result.extras.get("qcmb_fractal")
-    if stats:
+    stats = result.extras.get("qcmb_fractal") or {}
+    if {"tasks", "computed", "reused", "wall_time", "backend"} <= stats.keys():  # a run's own statistics
         util = f", utilization {stats['utilization']:.0%}" if stats.get("utilization") is not None else ""
         lines += [
             "",
