@@ -43,6 +43,17 @@ def test_show_prints_what_ran_and_every_level(result_path, capsys):
     assert "local backend" in out[-1]
 
 
+def test_show_of_a_result_without_run_statistics_prints_the_table_only(result_path, tmp_path, capsys):
+    data = json.loads(result_path.read_text())
+    data["extras"] = {}  # as a plugin record's result, which the server computed
+    bare = tmp_path / "record.json"
+    bare.write_text(json.dumps(data))
+    assert main(["show", str(bare)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith("cp          3 ")
+    assert not any("calculations (" in line for line in out)
+
+
 def test_plot_draws_each_bsse_treatment_per_level(result_path):
     result = load_result(result_path)
     props = result.properties
