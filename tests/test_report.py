@@ -1,5 +1,6 @@
 """``qcmb-fractal show`` and ``plot`` on a real finished run (NWChem HF/STO-3G water trimer, nocp and cp)."""
 
+import errno
 import json
 import subprocess
 import sys
@@ -101,6 +102,7 @@ def test_plot_writes_a_png_next_to_the_result(result_path):
     ("args", "message"),
     [
         (["show", "{missing}"], "does not exist; give the result JSON"),
+        (["show", "{directory}"], "cannot read"),
         (["show", "{input}"], "is not a many-body result (QCSchema ManyBodyResult"),
         (["plot", "{input}"], "is not a many-body result"),
         (["plot", "{result}", "-o", "{result}"], "is the input file"),
@@ -113,6 +115,7 @@ def test_bad_arguments_get_one_clear_line(result_path, tmp_path, capsys, args, m
         "input": EXAMPLES / "water3-nwchem-hf-cp.json",
         "result": result_path,
         "missing_dir": tmp_path / "no" / "x.png",
+        "directory": tmp_path,
     }
     before = result_path.read_bytes()
     assert main([a.format(**names) for a in args]) == 2
@@ -126,3 +129,18 @@ def test_plot_without_matplotlib_names_the_extra(result_path, monkeypatch, capsy
     assert main(["plot", str(result_path), "-o", str(result_path.with_name("x.png"))]) == 2
     assert "pip install 'qcmb-fractal[plot]'" in capsys.readouterr().err
     assert not result_path.with_name("x.png").exists()
+
+
+def test_plot_on_a_full_disk_leaves_no_partial_file(result_path, tmp_path, monkeypatch, capsys):
+    from matplotlib.figure import Figure
+
+    def full_disk(self, path, **kwargs):
+        Path(path).write_bytes(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full_disk)
+    out = tmp_path / "w3.png"
+    assert main(["plot", str(result_path), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: cannot write {out}: No space left on device; choose another --output.\n"
+    assert list(tmp_path.iterdir()) == []
