@@ -40,18 +40,20 @@ def _hook(name: str, module: ModuleType) -> None:
 class _Watcher:
     """A meta path finder that finds nothing itself; it wraps the loader of the watched QCFractal modules."""
 
+    def __init__(self) -> None:
+        self.finding: set[str] = set()  # a finder further on that asks importlib again must not come back here
+
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> ModuleSpec | None:
-        if fullname not in WATCHED:
+        if fullname not in WATCHED or fullname in self.finding:
             return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        else:
+        self.finding.add(fullname)
+        try:
+            spec = self._find_elsewhere(fullname, path, target)
+        finally:
+            self.finding.discard(fullname)
+        if spec is None:
             return None
         loader = spec.loader
         if loader is None or not hasattr(loader, "exec_module"):
@@ -64,6 +66,16 @@ class _Watcher:
 
         loader.exec_module = exec_then_hook  # this spec's own loader instance; nothing else shares it
         return spec
+
+    def _find_elsewhere(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None
+    ) -> ModuleSpec | None:
+        for finder in sys.meta_path:
+            if finder is not self and hasattr(finder, "find_spec"):
+                spec = finder.find_spec(fullname, path, target)
+                if spec is not None:
+                    return spec
+        return None
 
 
 def install() -> None:
