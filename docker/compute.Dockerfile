@@ -8,7 +8,7 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv \
  && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/qcmb
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml setup.py README.md _qcmb_fractal_autoload.py /src/
 COPY qcmb_fractal /src/qcmb_fractal
 # [mpi] brings mpi4py and MPICH (mpiexec lands next to python); [compute] the manager; [xtb] GFN2-xTB.
 # A build behind a TLS-inspecting proxy passes its CA bundle: --secret id=ca_bundle,src=/path/ca.pem

@@ -11,7 +11,7 @@ RUN apt-get update \
       python3 python3-venv python3-dev gcc libpq-dev \
  && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/qcmb
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml setup.py README.md _qcmb_fractal_autoload.py /src/
 COPY qcmb_fractal /src/qcmb_fractal
 # A build behind a TLS-inspecting proxy passes its CA bundle: --secret id=ca_bundle,src=/path/ca.pem
 RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=ca_bundle \

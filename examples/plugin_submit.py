@@ -1,6 +1,11 @@
 """Submit a many-body record to a QCFractal server running the qcmb-fractal plugin, wait, print the results.
 
-python examples/plugin_submit.py http://127.0.0.1:7777
+    export QCPORTAL_ADDRESS=http://127.0.0.1:7777 QCPORTAL_USERNAME=alice   # a user with the submit role
+    python examples/plugin_submit.py            # asks for the password, or reads $QCPORTAL_PASSWORD
+
+Credentials come as QCPortal users give them: QCPORTAL_ADDRESS, QCPORTAL_USERNAME with QCPORTAL_PASSWORD
+(or a prompt), QCPORTAL_API_TOKEN instead of both, or an entry of qcportal_config.yaml (working directory,
+then ~/.qca) named as the argument: ``python examples/plugin_submit.py myserver``.
 """
 
 import json
@@ -8,23 +13,33 @@ import sys
 import time
 from pathlib import Path
 
-from qcportal import PortalClient
 from qcportal.molecules import Molecule
 
-from qcmb_fractal.plugin.client import add_qcmb_manybodys, get_qcmb_manybodys, qcmb_level_status, simple_specification
+from qcmb_fractal.errors import InputError
+from qcmb_fractal.plugin.client import (
+    QCMBNotServedError,
+    QCMBPermissionError,
+    add_qcmb_manybodys,
+    connect,
+    get_qcmb_manybodys,
+    qcmb_level_status,
+    simple_specification,
+)
 
 # The water trimer of the NWChem example, read from that example's input.
 WATER_TRIMER = Molecule(**json.loads((Path(__file__).parent / "water3-nwchem-hf-cp.json").read_text())["molecule"])
 
 
-def main(uri: str) -> None:
-    client = PortalClient(uri)
+def main(server: str | None) -> None:
+    client = connect(server)
     spec = simple_specification(program="xtb", method="gfn2-xtb", driver="gradient", max_nbody=3, mode="eager")
     _, (record_id,) = add_qcmb_manybodys(client, WATER_TRIMER, spec, compute_tag="*")
-    print(f"submitted qcmb_manybody record {record_id}")
+    print(f"submitted qcmb_manybody record {record_id}", flush=True)
     while (record := get_qcmb_manybodys(client, record_id)).status not in ("complete", "error"):
-        done = ", ".join(f"{s.level}-body {s.complete}/{s.total}" for s in qcmb_level_status(client, record_id))
-        print(f"  {record.status.value}: {done}")
+        levels = qcmb_level_status(client, record_id)
+        done = ", ".join(f"{s.level}-body {s.complete}/{s.total}" for s in levels)
+        waiting = {s.waiting_reason for s in levels if s.waiting_reason}
+        print(f"  {record.status.value}: {done}" + (f" ({'; '.join(sorted(waiting))})" if waiting else ""), flush=True)
         time.sleep(2)
     if record.status == "error":
         sys.exit(record.error["error_message"])
@@ -36,4 +51,7 @@ def main(uri: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:7777")
+    try:
+        main(sys.argv[1] if len(sys.argv) > 1 else None)
+    except (InputError, QCMBPermissionError, QCMBNotServedError) as err:
+        sys.exit(f"error: {err}")

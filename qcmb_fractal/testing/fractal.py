@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -90,7 +91,11 @@ def database_config(db_name: str, base_folder: str = "/tmp") -> DatabaseConfig:
 
 
 def fresh_database(db_name: str, *, plugin: bool) -> DatabaseConfig:
-    """Drop ``db_name`` if it exists and create it with QCFractal's tables (and the plugin's, if asked)."""
+    """Drop ``db_name`` if it exists and create it with QCFractal's tables (and the plugin's, if asked).
+
+    Without ``plugin`` the database may still get the plugin's tables: a process with the plugin loaded
+    (installed packages load it everywhere) installs them with QCFractal's. :func:`plain_database` never does.
+    """
     ensure_login_role()
     cfg = database_config(db_name)
     drop_database(db_name)
@@ -102,6 +107,14 @@ def fresh_database(db_name: str, *, plugin: bool) -> DatabaseConfig:
     return cfg
 
 
+def plain_database(db_name: str) -> DatabaseConfig:
+    """A QCFractal database made by a process without the plugin, as before qcmb-fractal was installed."""
+    code = f"from qcmb_fractal.testing.fractal import fresh_database; fresh_database({db_name!r}, plugin=False)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "QCMB_FRACTAL_AUTOLOAD": "0"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+    return database_config(db_name)
+
+
 @contextlib.contextmanager
 def fractal_snowflake(
     db_name: str,
@@ -111,22 +124,24 @@ def fractal_snowflake(
     update_frequency: float = 1.0,
     service_frequency: int = 1,
     keep_database: bool = False,
+    extra_config: dict[str, Any] | None = None,
 ) -> Iterator[tuple[FractalSnowflake, PortalClient]]:
     """A started snowflake (API, job runner, compute manager) on a fresh PostgreSQL database.
 
-    With ``plugin=True`` the qcmb-fractal record type is hooked into QCFractal first and its schema is
-    installed, exactly as ``qcmb-fractal-server init-db`` does on a real server.
+    With ``plugin=True`` the qcmb-fractal plugin is loaded into this process first and its schema is
+    installed, exactly as ``qcmb-fractal-server init-db`` does on a real server. ``extra_config`` goes into the
+    server's configuration (e.g. ``{"qcmb_fractal": {"max_children_per_record": 50}}``).
     """
     if plugin:
-        from qcmb_fractal.plugin.server.hooks import install_hooks
+        from qcmb_fractal.plugin.server.hooks import activate
 
-        install_hooks()
+        activate()
     cfg = fresh_database(db_name, plugin=plugin)
     snowflake = FractalSnowflake(
         start=False,
         compute_workers=compute_workers,
         database_config=cfg,
-        extra_config={"service_frequency": service_frequency, "loglevel": "WARNING"},
+        extra_config={"service_frequency": service_frequency, "loglevel": "WARNING", **(extra_config or {})},
     )
     # The snowflake hard-codes a 5 s manager poll; every child would wait for it.
     snowflake._compute_config.update_frequency = update_frequency
@@ -156,4 +171,15 @@ def wait_for_record(client: PortalClient, record_id: int, timeout: float = 240.0
         if record.status in (RecordStatusEnum.complete, RecordStatusEnum.error):
             return record
         assert time.monotonic() < deadline, f"record {record_id} still {record.status.value} after {timeout} s"
+        time.sleep(0.5)
+
+
+def wait_for_record_output(client: PortalClient, record_id: int, text: str, timeout: float = 120.0) -> Any:
+    """The record once its stdout contains ``text``; fails the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        record = client.get_records(record_id, include=["compute_history"])
+        if text in (record.stdout or ""):
+            return record
+        assert time.monotonic() < deadline, f"record {record_id} never printed {text!r}; its output:\n{record.stdout}"
         time.sleep(0.5)

@@ -64,6 +64,7 @@ class Server:
     starts: int = 0
     heartbeat_max_missed: int = HEARTBEAT_MAX_MISSED
     command: tuple[str, ...] = ("qcfractal-server",)  # or the plugin's ``qcmb-fractal-server``
+    env: dict[str, str] = field(default_factory=dict)  # added to the environment of the server's processes
     keys: dict[str, str] = field(default_factory=lambda: {k: secrets.token_urlsafe(32) for k in ("secret", "jwt")})
     managers: list["Manager"] = field(default_factory=list)
 
@@ -131,7 +132,7 @@ class Server:
             [*self.command, "start", "--config", str(self.config)],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=_env(self.root / "tmp"),
+            env=self.environ(),
             start_new_session=True,
         )
         log.close()
@@ -144,6 +145,23 @@ class Server:
             assert time.monotonic() < deadline, self.log()
             time.sleep(0.2)
 
+    def environ(self) -> dict[str, str]:
+        return {**_env(self.root / "tmp"), **self.env}
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        """Run another command of the server's program (``upgrade-db``, ``user add``, ...) on its configuration."""
+        command = [*self.command, *args, "--config", str(self.config)]
+        return subprocess.run(command, capture_output=True, text=True, env=self.environ(), timeout=300)
+
+    def stop(self) -> None:
+        """A clean shutdown (SIGTERM), as an operator's Ctrl-C."""
+        assert self.proc is not None
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        finally:
+            _kill_group(self.proc)
+
     def kill(self) -> None:
         assert self.proc is not None
         _kill_group(self.proc)
@@ -152,12 +170,7 @@ class Server:
         """Restart cleanly (SIGTERM) with other heartbeat settings; managers started later pick them up."""
         if heartbeat_max_missed == self.heartbeat_max_missed:
             return
-        assert self.proc is not None
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=60)
-        finally:
-            _kill_group(self.proc)
+        self.stop()
         self.heartbeat_max_missed = heartbeat_max_missed
         self.write_config()
         self.start()

@@ -1,7 +1,9 @@
 """One real QCFractal snowflake (machine PostgreSQL, real compute manager) shared by the plugin tests.
 
 The manager's task processes see the test-only ``faultxtb`` program (see qcmb_fractal/testing/fault_harness.py),
-so fault-injection tests can break and fix a "node" without touching the record's specification.
+so fault-injection tests can break and fix a "node" without touching the record's specification. The
+server allows MAX_CHILDREN children per record (its ``qcmb_fractal`` configuration section), well above
+what any test here computes, so the limit itself can be tested on the same server.
 """
 
 import os
@@ -17,6 +19,7 @@ from qcmb_fractal.testing.fault_harness import register as register_fault_progra
 from qcmb_fractal.testing.fractal import fractal_snowflake
 
 FAULT_SITE = Path(fault_harness.__file__).parent / "fault_injection"
+MAX_CHILDREN = 50
 
 
 @pytest.fixture(scope="package")
@@ -33,7 +36,8 @@ def fractal(fault_dir):
     # The manager caches its program discovery per process; an earlier snowflake's list lacks faultxtb.
     discover_programs_conda.cache_clear()
     try:
-        with fractal_snowflake("qcmb_plugin_tests", plugin=True) as (snowflake, client):
+        limit = {"qcmb_fractal": {"max_children_per_record": MAX_CHILDREN}}
+        with fractal_snowflake("qcmb_plugin_tests", plugin=True, extra_config=limit) as (snowflake, client):
             yield snowflake, client
     finally:
         qcengine.unregister_program(FAULT_PROGRAM)

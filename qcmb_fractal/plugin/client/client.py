@@ -2,20 +2,21 @@
 
 They mirror QCPortal's own ``add_manybodys``/``get_manybodys``/``query_manybodys``; the same methods
 are on :class:`QCMBClientMixin` for a client class of one's own (e.g. :class:`QCMBPortalClient`).
+A refused request raises ``InputError`` (400), :class:`.QCMBPermissionError` (401/403) or
+:class:`.QCMBNotServedError` (404: the server has no plugin); see :mod:`.errors`.
 """
 
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any, Literal
 
 from qcportal import PortalClient
-from qcportal.client_base import PortalRequestError
 from qcportal.metadata_models import InsertMetadata
 from qcportal.molecules import Molecule
 from qcportal.record_models import PriorityEnum, RecordQueryIterator, RecordStatusEnum
 from qcportal.utils import make_list
 
-from qcmb_fractal.errors import InputError
 from qcmb_fractal.plugin import RECORD_TYPE
+from qcmb_fractal.plugin.client.errors import plugin_errors
 from qcmb_fractal.plugin.client.record_models import (
     QCMBAddBody,
     QCMBLevelStatus,
@@ -23,6 +24,19 @@ from qcmb_fractal.plugin.client.record_models import (
     QCMBQueryFilters,
     QCMBSpecification,
 )
+
+
+def connect(server: str | None = None, *, username: str | None = None) -> PortalClient:
+    """A logged-in PortalClient, with the server and credentials found the way QCPortal users give them.
+
+    ``server`` is an address or the name of an entry in ``qcportal_config.yaml`` (working directory, then
+    ``~/.qca``); without it, ``QCPORTAL_ADDRESS`` or the file's own address. The user comes from ``username`` or
+    ``QCPORTAL_USERNAME``, the password from ``QCPORTAL_PASSWORD`` or a prompt on a terminal;
+    ``QCPORTAL_API_TOKEN`` replaces both. A refused login or an unreachable server raises InputError.
+    """
+    from qcmb_fractal.execute.backends.qcportal import connection_from_options
+
+    return connection_from_options(server, username=username).connect()
 
 
 def simple_specification(
@@ -74,14 +88,10 @@ def add_qcmb_manybodys(
         compute_priority=compute_priority,
         find_existing=find_existing,
     )
-    try:
+    with plugin_errors():
         return client.make_request(
             "post", f"api/v1/records/{RECORD_TYPE}/bulkCreate", tuple[InsertMetadata, list[int]], body=body
         )
-    except PortalRequestError as err:
-        if 400 <= err.status_code < 500:
-            raise InputError(err.msg) from None
-        raise
 
 
 def get_qcmb_manybodys(
@@ -91,7 +101,8 @@ def get_qcmb_manybodys(
     *,
     include: Iterable[str] | None = None,
 ) -> QCMBManyBodyRecord | list[QCMBManyBodyRecord | None] | None:
-    return client._get_records_by_type("api/v1", QCMBManyBodyRecord, record_ids, missing_ok, include)
+    with plugin_errors():
+        return client._get_records_by_type("api/v1", QCMBManyBodyRecord, record_ids, missing_ok, include)
 
 
 def query_qcmb_manybodys(
@@ -112,12 +123,23 @@ def query_qcmb_manybodys(
         "limit": limit,
     }
     query = QCMBQueryFilters(**{k: v for k, v in filters.items() if v is not None})
-    return RecordQueryIterator[QCMBManyBodyRecord](client, query, QCMBManyBodyRecord, include)
+    return QCMBRecordQueryIterator(client, query, QCMBManyBodyRecord, include)
+
+
+class QCMBRecordQueryIterator(RecordQueryIterator[QCMBManyBodyRecord]):
+    """QCPortal's record query iterator, with the plugin's error classes for each batch it fetches."""
+
+    def _request(self) -> list[QCMBManyBodyRecord]:
+        with plugin_errors():
+            return super()._request()
 
 
 def qcmb_level_status(client: PortalClient, record_id: int) -> list[QCMBLevelStatus]:
-    """Done/running/waiting/errored children per n-body level."""
-    return client.make_request("get", f"api/v1/records/{RECORD_TYPE}/{record_id}/level_status", list[QCMBLevelStatus])
+    """Done/running/waiting/errored children per n-body level, and why a level's children wait."""
+    with plugin_errors():
+        return client.make_request(
+            "get", f"api/v1/records/{RECORD_TYPE}/{record_id}/level_status", list[QCMBLevelStatus]
+        )
 
 
 class QCMBClientMixin:

@@ -9,6 +9,7 @@ from qcportal.molecules import Molecule
 from qcportal.record_models import BaseRecord, RecordAddBodyBase, RecordQueryFilters
 
 from qcmb_fractal.plugin import PROGRAM, RECORD_TYPE
+from qcmb_fractal.plugin.client.errors import plugin_errors
 
 
 class QCMBSpecification(BaseModel):
@@ -62,7 +63,11 @@ class QCMBCluster(BaseModel):
 
 
 class QCMBLevelStatus(BaseModel):
-    """Done/running/errored children of one n-body level (the record's status view)."""
+    """Done/running/errored children of one n-body level (the record's status view).
+
+    ``waiting_reason`` is QCFractal's answer for one waiting child of the level, e.g. "No active managers" or
+    "No manager matches programs & tags: <manager>: Manager missing programs: {'nwchem'}".
+    """
 
     level: int
     total: int
@@ -70,6 +75,7 @@ class QCMBLevelStatus(BaseModel):
     running: int = 0
     waiting: int = 0
     error: int = 0
+    waiting_reason: str | None = None
 
 
 class QCMBManyBodyRecord(BaseRecord):
@@ -87,15 +93,17 @@ class QCMBManyBodyRecord(BaseRecord):
 
     def _fetch_clusters(self) -> None:
         self._assert_online()
-        self.clusters_ = self._client.make_request(
-            "get", f"api/v1/records/{RECORD_TYPE}/{self.id}/clusters", list[QCMBCluster]
-        )
+        with plugin_errors():
+            self.clusters_ = self._client.make_request(
+                "get", f"api/v1/records/{RECORD_TYPE}/{self.id}/clusters", list[QCMBCluster]
+            )
 
     def _fetch_result(self) -> None:
         self._assert_online()
-        self.result_ = self._client.make_request(
-            "get", f"api/v1/records/{RECORD_TYPE}/{self.id}/result", dict[str, Any] | None
-        )
+        with plugin_errors():
+            self.result_ = self._client.make_request(
+                "get", f"api/v1/records/{RECORD_TYPE}/{self.id}/result", dict[str, Any] | None
+            )
 
     @property
     def initial_molecule(self) -> Molecule:
@@ -118,9 +126,10 @@ class QCMBManyBodyRecord(BaseRecord):
 
     def level_status(self) -> list[QCMBLevelStatus]:
         self._assert_online()
-        return self._client.make_request(
-            "get", f"api/v1/records/{RECORD_TYPE}/{self.id}/level_status", list[QCMBLevelStatus]
-        )
+        with plugin_errors():
+            return self._client.make_request(
+                "get", f"api/v1/records/{RECORD_TYPE}/{self.id}/level_status", list[QCMBLevelStatus]
+            )
 
     @property
     def cluster_singlepoints(self) -> dict[str, int | None]:

@@ -1,13 +1,13 @@
 """Create or upgrade the plugin's part of a QCFractal database: tables, deletion trigger, children views, stamp.
 
-Everything here is idempotent, so ``init-db`` and ``upgrade-db`` both simply call :func:`install_schema`.
+Everything here is idempotent: QCFractal's own ``init-db`` and ``upgrade-db`` call :func:`install_schema` after
+their own work (see :mod:`.hooks`), and QCFractal's schema check calls :func:`schema_problems`.
 QCFractal's children views are fixed unions over its own record types; they are replaced by the same
 unions plus this record type, or delete/cancel/reset/children_status would never see its children.
 """
 
 import logging
 
-import psycopg2
 from qcfractal.components.gridoptimization import record_db_models as gridoptimization
 from qcfractal.components.manybody import record_db_models as manybody
 from qcfractal.components.neb import record_db_models as neb
@@ -16,7 +16,7 @@ from qcfractal.components.reaction import record_db_models as reaction
 from qcfractal.components.torsiondrive import record_db_models as torsiondrive
 from qcfractal.config import DatabaseConfig
 from qcfractal.db_socket import BaseORM
-from sqlalchemy import create_engine, delete, text, union
+from sqlalchemy import Engine, create_engine, delete, text, union
 from sqlalchemy.dialects import postgresql
 
 import qcmb_fractal
@@ -65,29 +65,25 @@ def install_schema(db_config: DatabaseConfig) -> None:
     logger.info("qcmb-fractal schema %d installed in %s", SCHEMA_VERSION, db_config.safe_uri)
 
 
-def schema_problems(db_config: DatabaseConfig) -> list[str]:
+def schema_problems(engine: Engine) -> list[str]:
     """Everything about the database that would make the plugin misbehave; empty when it is ready."""
     problems: list[str] = []
-    conn = psycopg2.connect(db_config.psycopg2_dsn)
-    try:
-        with conn.cursor() as cur:
-            for table in plugin_models.PLUGIN_TABLES:
-                cur.execute("SELECT to_regclass(%s)", (table.name,))
-                if cur.fetchone()[0] is None:
-                    problems.append(f"table {table.name} is missing")
-            cur.execute("SELECT 1 FROM pg_trigger WHERE tgname = %s", (plugin_models.DELETE_TRIGGER_NAME,))
-            if cur.fetchone() is None:
-                problems.append(f"deletion trigger {plugin_models.DELETE_TRIGGER_NAME} is missing")
-            for view in VIEWS:
-                cur.execute("SELECT pg_get_viewdef(to_regclass(%s))", (view,))
-                row = cur.fetchone()
-                if row is None or row[0] is None or PLUGIN_TABLE_MARKER not in row[0]:
-                    problems.append(f"view {view} does not include {PLUGIN_TABLE_MARKER}")
-            if not problems:
-                cur.execute(f"SELECT schema_version FROM {plugin_models.QCMBSchemaVersionORM.__tablename__}")
-                row = cur.fetchone()
-                if row is None or row[0] != SCHEMA_VERSION:
-                    problems.append(f"plugin schema version is {row and row[0]}, this code needs {SCHEMA_VERSION}")
-    finally:
-        conn.close()
+    with engine.connect() as conn:
+
+        def scalar(sql: str, **params: str):
+            return conn.execute(text(sql), params).scalar()
+
+        for table in plugin_models.PLUGIN_TABLES:
+            if scalar("SELECT to_regclass(:name)", name=table.name) is None:
+                problems.append(f"table {table.name} is missing")
+        if scalar("SELECT 1 FROM pg_trigger WHERE tgname = :name", name=plugin_models.DELETE_TRIGGER_NAME) is None:
+            problems.append(f"deletion trigger {plugin_models.DELETE_TRIGGER_NAME} is missing")
+        for view in VIEWS:
+            definition = scalar("SELECT pg_get_viewdef(to_regclass(:name))", name=view)
+            if definition is None or PLUGIN_TABLE_MARKER not in definition:
+                problems.append(f"view {view} does not include {PLUGIN_TABLE_MARKER}")
+        if not problems:
+            stamp = scalar(f"SELECT schema_version FROM {plugin_models.QCMBSchemaVersionORM.__tablename__}")
+            if stamp != SCHEMA_VERSION:
+                problems.append(f"plugin schema version is {stamp}, this code needs {SCHEMA_VERSION}")
     return problems

@@ -5,6 +5,11 @@ feeds it the finished singlepoint children, creates singlepoints for whatever it
 stores the state back. QCFractal errors a service as soon as all its dependencies are done and one of
 them errored; the hooks route that case to :meth:`QCMBManyBodyRecordSocket.handle_failed_dependencies`,
 which retries the child (up to ``max_attempts``) and only then errors the record, naming the clusters.
+
+Operator safety: a record needing more children than the server's ``qcmb_fractal.max_children_per_record``
+is refused (at submission, and again when it starts, for a limit lowered meanwhile). Each service step runs
+in a savepoint and checks, before every chunk of children and at its end, that the record still runs: a
+cancel or delete that lands mid-step undoes the step instead of leaving children nobody asked for.
 """
 
 import hashlib
@@ -27,8 +32,9 @@ from qcportal.metadata_models import InsertCountsMetadata, InsertMetadata
 from qcportal.molecules import Molecule
 from qcportal.record_models import OutputTypeEnum, PriorityEnum, RecordStatusEnum
 from qcportal.singlepoint import QCSpecification
-from qcportal.utils import is_included, now_at_utc
+from qcportal.utils import chunk_iterable, is_included, now_at_utc
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, joinedload, selectinload, undefer
 
 import qcmb_fractal
@@ -37,6 +43,7 @@ from qcmb_fractal.drive.state import ComponentProperties, DriverState, TaskStatu
 from qcmb_fractal.errors import InputError
 from qcmb_fractal.plan import FragmentTask, Plan
 from qcmb_fractal.plan.inputs import manybody_input
+from qcmb_fractal.plan.planner import estimate_task_count
 from qcmb_fractal.plugin import RECORD_TYPE
 from qcmb_fractal.plugin.client.record_models import (
     QCMBInput,
@@ -44,6 +51,7 @@ from qcmb_fractal.plugin.client.record_models import (
     QCMBQueryFilters,
     QCMBSpecification,
 )
+from qcmb_fractal.plugin.server.config import plugin_config
 from qcmb_fractal.plugin.server.record_db_models import QCMBClusterORM, QCMBManyBodyRecordORM
 
 logger = logging.getLogger(__name__)
@@ -56,15 +64,43 @@ FAILED_DEPENDENCIES_MESSAGE = "Some task(s) did not complete successfully"
 # Program errors can be whole result documents; the failure table shows the start of the last line.
 ERROR_WIDTH = 200
 
+# Children created between two checks that the record still runs (a cancel must stop a step quickly).
+CHILD_CHUNK = 200
+# Binomial counts above this are reported as "more than"; counting on would cost time for nothing.
+COUNT_CAP = 10**9
+# PostgreSQL's lock_not_available: FOR UPDATE NOWAIT found the record locked by another request.
+LOCK_NOT_AVAILABLE = "55P03"
+# What QCFractal's get_waiting_reason says when no active manager can take a waiting task at all.
+NO_MANAGER_REASONS = ("No active managers", "No manager matches programs & tags")
+
+
+class ServiceStopped(Exception):
+    """The record stopped running (cancelled, deleted) or is being changed while its service step ran."""
+
 
 def validated_input(molecule: Molecule, spec: QCMBSpecification):
     """The qcmanybody ManyBodyInput for a stored molecule and specification; InputError if it cannot run."""
     return manybody_input({"molecule": molecule.convert_v(2).model_dump(), "specification": spec.manybody})
 
 
-def validated_plan(molecule: Molecule, spec: QCMBSpecification) -> Plan:
-    """The plan the service will run; building it at submission turns every planning error into an HTTP 400."""
-    return Plan(validated_input(molecule, spec))
+def validated_plan(molecule: Molecule, spec: QCMBSpecification, max_children: int) -> Plan:
+    """The plan the service will run; building it at submission turns every planning error into an HTTP 400.
+
+    Records above the server's limit are refused from the binomial count, before anything is enumerated.
+    """
+    inp = validated_input(molecule, spec)
+    count = estimate_task_count(inp, stop_above=COUNT_CAP)
+    if count > max_children:
+        kw = inp.specification.keywords
+        needs = f"more than {COUNT_CAP:,}" if count > COUNT_CAP else f"{count:,}"
+        raise InputError(
+            f"this expansion needs {needs} fragment calculations (singlepoint children; {len(inp.molecule.fragments)} "
+            f"fragments, max_nbody {kw.max_nbody}, bsse {[b.value for b in kw.bsse_type]}), more than the "
+            f"{max_children:,} this server allows per record (qcmb_fractal.max_children_per_record in its "
+            "configuration). Lower max_nbody, split the cluster into smaller records, or ask the server's operator "
+            "to raise the limit."
+        )
+    return Plan(inp, max_tasks=max_children)
 
 
 def specification_hash(spec: QCMBSpecification) -> str:
@@ -107,6 +143,16 @@ def singlepoint_error(record: BaseRecordORM) -> str:
     return f"singlepoint {record.id} ended as {record.status.value} without an error message"
 
 
+def waiting_reason_text(reason: dict[str, Any], most: int = 3) -> str:
+    """QCFractal's get_waiting_reason answer as one line: the reason and the first few managers' details."""
+    details = list((reason.get("details") or {}).items())
+    text = reason.get("reason", "unknown")
+    if details and text != "Waiting for a free manager":
+        text += ": " + "; ".join(f"{name}: {why}" for name, why in details[:most])
+        text += f"; and {len(details) - most} more" if len(details) > most else ""
+    return text
+
+
 class QCMBManyBodyRecordSocket(BaseRecordSocket):
     """Socket for qcmb_manybody records"""
 
@@ -120,6 +166,10 @@ class QCMBManyBodyRecordSocket(BaseRecordSocket):
 
     def available(self) -> bool:
         return True
+
+    @property
+    def max_children(self) -> int:
+        return plugin_config(self.root_socket.qcf_config).max_children_per_record
 
     ############################################
     # Service
@@ -138,7 +188,7 @@ class QCMBManyBodyRecordSocket(BaseRecordSocket):
     def initialize_service(self, session: Session, service_orm: ServiceQueueORM) -> None:
         rec: QCMBManyBodyRecordORM = service_orm.record
         spec = QCMBSpecification(**rec.specification)
-        plan = validated_plan(rec.initial_molecule.to_model(Molecule), spec)
+        plan = validated_plan(rec.initial_molecule.to_model(Molecule), spec, self.max_children)
         driver = ManyBodyDriver(plan, mode=spec.mode, max_attempts=spec.max_attempts)
 
         rec.clusters = [
@@ -172,6 +222,20 @@ class QCMBManyBodyRecordSocket(BaseRecordSocket):
         self._advance(session, service_orm)
 
     def _advance(self, session: Session, service_orm: ServiceQueueORM) -> bool:
+        """One service step in a savepoint: undone as a whole if the record stops running meanwhile."""
+        rec: QCMBManyBodyRecordORM = service_orm.record
+        savepoint = session.begin_nested()
+        try:
+            finished = self._step(session, service_orm)
+        except ServiceStopped as stopped:
+            savepoint.rollback()
+            text = f"\n[{now_at_utc():%Y-%m-%d %H:%M:%S}] {stopped}: this step was undone, no children were created\n"
+            append_output(session, rec, OutputTypeEnum.stdout, text)
+            return False
+        savepoint.commit()
+        return finished
+
+    def _step(self, session: Session, service_orm: ServiceQueueORM) -> bool:
         rec: QCMBManyBodyRecordORM = service_orm.record
         driver = self._driver(service_orm)
         pending, retried = self._collect(service_orm, driver)
@@ -180,9 +244,13 @@ class QCMBManyBodyRecordSocket(BaseRecordSocket):
         if not driver.finished:
             batch = driver.next_batch()
         submitted = self._submit(session, service_orm, rec, driver, batch)
+        # After the last child, before this step may change the record's own status (complete, error).
+        self._check_running(session, rec, final=True)
         self._set_dependencies(service_orm, [(d.record_id, d.extras["task"]) for d in pending] + submitted)
         self._save(service_orm, driver)
-        append_output(session, rec, OutputTypeEnum.stdout, self._progress_text(driver, len(batch), retried))
+        text = self._progress_text(driver, len(batch), retried)
+        text += self._manager_note(session, service_orm, driver.plan, submitted)
+        append_output(session, rec, OutputTypeEnum.stdout, text)
 
         if driver.complete:
             self._finalize(session, rec, driver)
@@ -192,6 +260,47 @@ class QCMBManyBodyRecordSocket(BaseRecordSocket):
                 raise RuntimeError("the many-body driver neither finished nor handed out work; state is inconsistent")
             self._fail(session, service_orm, rec, driver)
         return False
+
+    @staticmethod
+    def _check_running(session: Session, rec: QCMBManyBodyRecordORM, *, final: bool = False) -> None:
+        """Raise ServiceStopped unless the record still runs, as committed now by any other request.
+
+        The final check also takes the record's row (NOWAIT): a cancel that holds it but has not committed
+        yet stops the step too, since its list of children to cancel cannot include this step's.
+        """
+        stmt = select(BaseRecordORM.status).where(BaseRecordORM.id == rec.id)
+        if final:
+            stmt = stmt.with_for_update(nowait=True)
+        try:
+            status = session.execute(stmt).scalar_one()
+        except OperationalError as err:
+            if getattr(err.orig, "pgcode", None) != LOCK_NOT_AVAILABLE:
+                raise
+            raise ServiceStopped(
+                "another request is changing this record (cancel, delete, new tag or priority)"
+            ) from None
+        if status != RecordStatusEnum.running:
+            raise ServiceStopped(f"the record was {status.value} while its service step ran")
+
+    def _manager_note(
+        self, session: Session, service_orm: ServiceQueueORM, plan: Plan, submitted: list[tuple[int, str]]
+    ) -> str:
+        """A line per program of the new children that no active compute manager takes (QCFractal's own reason)."""
+        notes, asked = [], set()
+        for sp_id, key in submitted:
+            program = plan.by_hash[key].program
+            if program in asked:
+                continue
+            reason = self.root_socket.records.get_waiting_reason(sp_id, session=session)
+            if reason.get("reason") == "Record is not waiting":  # found finished or running: ask another child
+                continue
+            asked.add(program)
+            if reason.get("reason") in NO_MANAGER_REASONS:
+                notes.append(
+                    f"no active compute manager takes program {program} with compute tag "
+                    f"'{service_orm.compute_tag}' ({waiting_reason_text(reason)}); these children wait until one does"
+                )
+        return "".join(f"[{now_at_utc():%Y-%m-%d %H:%M:%S}] {note}\n" for note in notes)
 
     def _collect(
         self, service_orm: ServiceQueueORM, driver: ManyBodyDriver
@@ -215,7 +324,10 @@ class QCMBManyBodyRecordSocket(BaseRecordSocket):
                     driver.state.tasks[key] = driver.record(key).model_copy(
                         update={"status": TaskStatus.running, "attempts": 0}
                     )
-                if driver.record_failure(key, singlepoint_error(child), worker=child.manager_name):
+                error = singlepoint_error(child)
+                # QCEngine's input_error (unknown method, basis, keyword) fails the same way every time
+                retry = not error.startswith("input_error")
+                if driver.record_failure(key, error, worker=child.manager_name, retry=retry):
                     retried.append(driver.plan.by_hash[key].label)
             else:
                 pending.append(dep)
@@ -253,26 +365,28 @@ class QCMBManyBodyRecordSocket(BaseRecordSocket):
             meta, spec_id = self.root_socket.records.singlepoint.add_specification(qc_spec, session=session)
             if not meta.success:
                 raise RuntimeError("cannot add singlepoint specification: " + meta.error_string)
-            molecules = [Molecule(**builder.fragment_molecule(t.real, t.basis).model_dump()) for t in group]
-            meta, mol_ids = self.root_socket.molecules.add(molecules, session=session)
-            if not meta.success:
-                raise RuntimeError("cannot add fragment molecules: " + meta.error_string)
-            meta, sp_ids = self.root_socket.records.singlepoint.add_internal(
-                mol_ids,
-                spec_id,
-                service_orm.compute_tag,
-                service_orm.compute_priority,
-                rec.owner_user_id,
-                service_orm.find_existing,
-                session=session,
-            )
-            if not meta.success:
-                raise RuntimeError("cannot add singlepoint records: " + meta.error_string)
-            for t, mol_id, sp_id in zip(group, mol_ids, sp_ids, strict=True):
-                clusters[t.hash].molecule_id = mol_id
-                clusters[t.hash].singlepoint_id = sp_id
-                deps.append((sp_id, t.hash))
-            to_reset.extend(sp_ids[i] for i in meta.existing_idx)
+            for chunk in chunk_iterable(group, CHILD_CHUNK):
+                self._check_running(session, rec)
+                molecules = [Molecule(**builder.fragment_molecule(t.real, t.basis).model_dump()) for t in chunk]
+                meta, mol_ids = self.root_socket.molecules.add(molecules, session=session)
+                if not meta.success:
+                    raise RuntimeError("cannot add fragment molecules: " + meta.error_string)
+                meta, sp_ids = self.root_socket.records.singlepoint.add_internal(
+                    mol_ids,
+                    spec_id,
+                    service_orm.compute_tag,
+                    service_orm.compute_priority,
+                    rec.owner_user_id,
+                    service_orm.find_existing,
+                    session=session,
+                )
+                if not meta.success:
+                    raise RuntimeError("cannot add singlepoint records: " + meta.error_string)
+                for t, mol_id, sp_id in zip(chunk, mol_ids, sp_ids, strict=True):
+                    clusters[t.hash].molecule_id = mol_id
+                    clusters[t.hash].singlepoint_id = sp_id
+                    deps.append((sp_id, t.hash))
+                to_reset.extend(sp_ids[i] for i in meta.existing_idx)
 
         if to_reset:
             stmt = select(BaseRecordORM.id).where(
@@ -323,7 +437,8 @@ class QCMBManyBodyRecordSocket(BaseRecordSocket):
         self._set_dependencies(service_orm, [(c.singlepoint_id, c.task_hash) for c in failed if c.singlepoint_id])
         done = sum(1 for r in driver.state.tasks.values() if r.status is TaskStatus.complete)
         message = (
-            f"{len(failed)} fragment calculation(s) failed after {driver.state.max_attempts} attempt(s); "
+            f"{len(failed)} fragment calculation(s) failed (up to {driver.state.max_attempts} attempt(s) each; "
+            "input errors are not retried); "
             f"{done} finished ones are kept. Fix the cause and reset this record: only these run again.\n"
             + self._failure_table(rec, driver)
         )
@@ -378,7 +493,7 @@ class QCMBManyBodyRecordSocket(BaseRecordSocket):
             for i, mol_id in enumerate(mol_ids):
                 mol = session.get(MoleculeORM, mol_id).to_model(Molecule)
                 try:
-                    validated_plan(mol, spec)
+                    validated_plan(mol, spec, self.max_children)
                 except InputError as err:
                     raise UserReportableError(f"molecule {i} (id {mol_id}): {err}") from None
 
@@ -485,18 +600,22 @@ class QCMBManyBodyRecordSocket(BaseRecordSocket):
         with self.root_socket.optional_session(session, True) as session:
             return self._get_orm(session, record_id, undefer(QCMBManyBodyRecordORM.result)).result
 
-    def get_level_status(self, record_id: int, *, session: Session | None = None) -> list[dict[str, int]]:
-        """Per n-body level: children done, running, waiting (incl. not yet created) and errored."""
+    def get_level_status(self, record_id: int, *, session: Session | None = None) -> list[dict[str, Any]]:
+        """Per n-body level: children done, running, waiting (incl. not yet created) and errored.
+
+        A level with waiting children also says why they wait, in QCFractal's words for one of them (e.g.
+        "No active managers"), so a record nobody can compute does not just wait in silence.
+        """
         stmt = (
-            select(QCMBClusterORM.level, BaseRecordORM.status, func.count())
+            select(QCMBClusterORM.level, BaseRecordORM.status, func.count(), func.min(BaseRecordORM.id))
             .outerjoin(BaseRecordORM, BaseRecordORM.id == QCMBClusterORM.singlepoint_id)
             .where(QCMBClusterORM.manybody_id == record_id)
             .group_by(QCMBClusterORM.level, BaseRecordORM.status)
         )
         with self.root_socket.optional_session(session, True) as session:
             self._get_orm(session, record_id)
-            levels: dict[int, dict[str, int]] = {}
-            for level, status, count in session.execute(stmt).all():
+            levels: dict[int, dict[str, Any]] = {}
+            for level, status, count, first_child in session.execute(stmt).all():
                 row = levels.setdefault(level, {"level": level, "total": 0})
                 key = {
                     None: "waiting",
@@ -506,4 +625,7 @@ class QCMBManyBodyRecordSocket(BaseRecordSocket):
                 }.get(status, "error")
                 row[key] = row.get(key, 0) + count
                 row["total"] += count
+                if status == RecordStatusEnum.waiting:
+                    reason = self.root_socket.records.get_waiting_reason(first_child, session=session)
+                    row["waiting_reason"] = waiting_reason_text(reason)
             return [levels[k] for k in sorted(levels)]

@@ -1,165 +1,150 @@
-"""The real multi-process server: ``qcmb-fractal-server start`` plus ``qcfractal-compute-manager``.
+"""``qcmb-fractal-server`` as an operator meets it: help, version, ``check``, and one line for each mistake.
 
-One test on purpose (each server start costs seconds): it refuses to start on a database the plugin was
-never installed into, installs into that existing database (twice: idempotent), runs a levels-mode
-record, SIGKILLs the whole server mid-service, starts it again and gets the same numbers as QCManyBody.
+Run in this process (``main(argv)``) against the package's snowflake database; the real multi-process
+server is in test_plain_qcfractal.py and the README's whole operator path in tests/plugin/test_deploy_example.py.
 """
 
-import os
 import secrets
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
+import psycopg2
 import pytest
+import qcfractal
 import yaml
-from qcmanybody.v2.computer import ManyBodyComputer
-from qcportal import PortalClient
-from qcportal.record_models import RecordStatusEnum
+from qcfractal.config import read_configuration
 
-from qcmb_fractal.plugin.client import add_qcmb_manybodys, qcmb_level_status, simple_specification
-from qcmb_fractal.plugin.server.record_socket import validated_input
-from qcmb_fractal.testing.fractal import (
-    PG_HOST,
-    PG_PASSWORD,
-    PG_PORT,
-    PG_ROLE,
-    checkout_db_name,
-    drop_database,
-    portal_molecule,
-    wait_for_record,
-)
-from qcmb_fractal.testing.molecules import water_cluster
-
-DB_NAME = "qcmb_plugin_cli"
-SERVER = [sys.executable, "-m", "qcmb_fractal.plugin.server"]
+import qcmb_fractal
+from qcmb_fractal.plugin.server.cli import main
+from qcmb_fractal.plugin.server.config import DEFAULT_MAX_CHILDREN, plugin_config
+from qcmb_fractal.testing.fractal import PG_HOST, PG_PORT, PG_SUPERUSER, checkout_db_name
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def write_configs(tmp_path: Path, port: int) -> tuple[Path, Path]:
-    server = {
-        "base_folder": str(tmp_path / "server"),
-        "loglevel": "INFO",
-        "service_frequency": 1,
-        "heartbeat_frequency": 5,
-        "enable_security": False,
-        "database": {
-            "host": PG_HOST,
-            "port": PG_PORT,
-            "username": PG_ROLE,
-            "password": PG_PASSWORD,
-            "database_name": checkout_db_name(DB_NAME),
-            "own": False,
-        },
-        "api": {
-            "host": "127.0.0.1",
-            "port": port,
-            "secret_key": secrets.token_urlsafe(32),
-            "jwt_secret_key": secrets.token_urlsafe(32),
-        },
-    }
-    manager = {
-        "base_folder": str(tmp_path / "manager"),
-        "cluster": "qcmb_plugin_test",
-        "loglevel": "INFO",
-        "update_frequency": 1,
-        "update_frequency_jitter": 0,
-        "parsl_run_dir": str(tmp_path / "manager" / "parsl"),
-        "server": {"fractal_uri": f"http://127.0.0.1:{port}", "verify": False},
-        "executors": {
-            "local": {
-                "type": "local",
-                "max_workers": 2,
-                "cores_per_worker": 1,
-                "memory_per_worker": 1,
-                "compute_tags": ["*"],
-                "scratch_directory": str(tmp_path / "manager" / "scratch"),
-            }
-        },
-    }
-    for sub in ("server", "manager/parsl", "manager/scratch"):
-        (tmp_path / sub).mkdir(parents=True, exist_ok=True)
-    server_cfg, manager_cfg = tmp_path / "server.yaml", tmp_path / "manager.yaml"
-    server_cfg.write_text(yaml.safe_dump(server))
-    manager_cfg.write_text(yaml.safe_dump(manager))
-    return server_cfg, manager_cfg
-
-
-def start(cmd: list[str], log: Path) -> subprocess.Popen:
-    # Own session, so the server's spawned API and job-runner processes can be killed as one group.
-    return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-    proc.wait(timeout=30)
-
-
-def connect(uri: str, timeout: float = 90.0) -> PortalClient:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return PortalClient(uri)
-        except Exception:
-            assert time.monotonic() < deadline, f"server at {uri} did not come up"
-            time.sleep(0.5)
-
-
-@pytest.mark.slow
-def test_real_server_refuses_installs_survives_sigkill_and_computes(tmp_path):
-    # An existing plain QCFractal database, made by a process that never imported the plugin (QCFractal
-    # creates the tables of every imported model).
-    code = f"from qcmb_fractal.testing.fractal import fresh_database; fresh_database({DB_NAME!r}, plugin=False)"
-    subprocess.run([sys.executable, "-c", code], check=True)
-    port = free_port()
-    server_cfg, manager_cfg = write_configs(tmp_path, port)
-
-    refused = subprocess.run([*SERVER, "start", "--config", str(server_cfg)], capture_output=True, text=True)
-    assert refused.returncode == 2
-    assert "table qcmb_manybody_record is missing" in refused.stderr
-    assert "upgrade-db" in refused.stderr
-
-    for _ in range(2):
-        upgraded = subprocess.run([*SERVER, "upgrade-db", "--config", str(server_cfg)], capture_output=True, text=True)
-        assert upgraded.returncode == 0, upgraded.stderr + upgraded.stdout
-        assert "qcmb-fractal plugin ready" in upgraded.stdout
-
-    server = start([*SERVER, "start", "--config", str(server_cfg)], tmp_path / "server.log")
-    manager = None
+def run(monkeypatch, capsys, *argv: str) -> tuple[int, str, str]:
+    """``qcmb-fractal-server ARGV`` in this process; its exit code, stdout and stderr."""
+    main_module = sys.modules["__main__"]
+    monkeypatch.setattr(main_module, "__spec__", getattr(main_module, "__spec__", None))  # main() points it at cli
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # QCFractal's commands read sys.argv
+    monkeypatch.setenv("COLUMNS", "200")  # argparse wraps help to the terminal
     try:
-        client = connect(f"http://127.0.0.1:{port}")  # the manager gives up at once if the server is not up yet
-        manager_cmd = [shutil.which("qcfractal-compute-manager"), "--config", str(manager_cfg)]
-        manager = start(manager_cmd, tmp_path / "manager.log")
-        mol = portal_molecule(water_cluster(3, shift=4.0))
-        spec = simple_specification(program="xtb", method="gfn2-xtb", max_nbody=2, mode="levels")
-        _, (rid,) = add_qcmb_manybodys(client, mol, spec)
+        code = main(list(argv))
+    except SystemExit as done:
+        code = done.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
-        deadline = time.monotonic() + 120
-        while not (levels := qcmb_level_status(client, rid)) or levels[0].complete < 3:
-            assert time.monotonic() < deadline, "the monomers never finished"
-            time.sleep(0.3)
-        kill_group(server)  # mid-service: monomers done, dimers handed out or about to be
 
-        server = start([*SERVER, "start", "--config", str(server_cfg)], tmp_path / "server.log")
-        client = connect(f"http://127.0.0.1:{port}")
-        record = wait_for_record(client, rid)
-        assert record.status == RecordStatusEnum.complete, record.error
-        reference = ManyBodyComputer.from_manybodyinput(validated_input(mol, spec))
-        for n in (1, 2):
-            key = f"nocp_corrected_total_energy_through_{n}_body"
-            assert abs(record.properties[key] - getattr(reference.properties, key)) < 1e-9
+@pytest.fixture
+def server_yaml(fractal, tmp_path) -> Path:
+    """A server configuration on the package snowflake's database, as an operator would write it."""
+    db = fractal[0]._qcf_config.database
+    config = {
+        "base_folder": str(tmp_path),
+        "database": {k: getattr(db, k) for k in ("host", "port", "username", "password", "database_name", "own")},
+        "api": {"secret_key": secrets.token_urlsafe(16), "jwt_secret_key": secrets.token_urlsafe(16)},
+    }
+    path = tmp_path / "server.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def database_exists(name: str) -> bool:
+    conn = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_SUPERUSER, dbname="postgres")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            return cur.fetchone() is not None
     finally:
-        if manager is not None:
-            kill_group(manager, signal.SIGTERM)
-        kill_group(server, signal.SIGTERM)
-        drop_database(DB_NAME)
+        conn.close()
+
+
+def test_help_and_version_speak_of_the_plugin(monkeypatch, capsys):
+    code, out, _ = run(monkeypatch, capsys, "--help")
+    assert code == 0
+    assert "qcmb-fractal's plugin loaded: the qcmb_manybody record type" in out
+    assert "Verify the plugin: QCFractal version, hooks" in out  # check
+    for command in ("init-config", "init-db", "start", "upgrade-db", "user", "backup"):  # QCFractal's, derived
+        assert f"\n    {command} " in out
+    assert "Upgrade QCFractal database; installs or upgrades the plugin's tables and views" in out
+
+    code, out, _ = run(monkeypatch, capsys, "--version")
+    assert code == 0
+    assert out.strip() == (
+        f"qcmb-fractal-server {qcmb_fractal.__version__} (qcmb-fractal's QCFractal plugin, record type "
+        f"qcmb_manybody) on QCFractal {qcfractal.__version__}"
+    )
+
+
+def test_help_never_runs_a_command(monkeypatch, capsys, tmp_path):
+    missing_db = checkout_db_name("qcmb_plugin_never_created")
+    config = tmp_path / "server.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "base_folder": str(tmp_path),
+                "database": {"host": PG_HOST, "port": PG_PORT, "username": "u", "password": "p", "own": False}
+                | {"database_name": missing_db},
+                "api": {"secret_key": "s", "jwt_secret_key": "j"},
+            }
+        )
+    )
+    for argv in (["init-db", "--config", str(config), "--help"], ["start", "-h", "--config", str(config)]):
+        code, out, err = run(monkeypatch, capsys, *argv)
+        assert code == 0, err
+        assert out.startswith(f"usage: qcmb-fractal-server {argv[0]} ")
+    code, out, _ = run(monkeypatch, capsys, "check", "--help")
+    assert code == 0 and "Changes nothing" in out
+    assert not database_exists(missing_db)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "the following arguments are required: COMMAND"),
+        (["serve"], "invalid choice: 'serve'"),
+        (["start"], "give the QCFractal server configuration with --config PATH"),
+        (["upgrade-db", "--config", "/nonexistent/server.yaml"], "/nonexistent/server.yaml does not exist"),
+        (["check", "--config", "/nonexistent/server.yaml"], "/nonexistent/server.yaml does not exist"),
+    ],
+    ids=["no command", "unknown command", "no configuration", "missing configuration", "check, missing"],
+)
+def test_usage_mistakes_get_one_line_and_exit_2(monkeypatch, capsys, argv, message):
+    code, out, err = run(monkeypatch, capsys, *argv)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in out + err
+
+
+def test_operator_mistakes_on_a_server_get_one_line_and_exit_2(monkeypatch, capsys, server_yaml):
+    code, out, err = run(
+        monkeypatch, capsys, "user", "add", "qcmb_cli_alice", "--role", "read", "--password", "short", "--config",
+        str(server_yaml),
+    )  # fmt: skip
+    assert code == 2
+    assert err.startswith("qcmb-fractal-server: error: Password must contain at least 12 characters\n")
+    assert "Traceback" not in out + err
+
+    config = yaml.safe_load(server_yaml.read_text())
+    server_yaml.write_text(yaml.safe_dump({**config, "qcmb_fractal": {"max_children": 10}}))
+    code, out, err = run(monkeypatch, capsys, "check", "--config", str(server_yaml))
+    assert code == 2
+    assert "qcmb_fractal.max_children" in err and "Extra inputs are not permitted" in err
+    assert "Traceback" not in out + err
+
+
+def test_check_says_ready_and_init_config_writes_the_plugins_section(monkeypatch, capsys, server_yaml, tmp_path):
+    code, out, err = run(monkeypatch, capsys, "check", "--config", str(server_yaml))
+    assert code == 0, err
+    assert out.startswith("qcmb-fractal plugin ready in postgresql://")
+    assert f"max_children_per_record {DEFAULT_MAX_CHILDREN:,}" in out
+
+    new = tmp_path / "new" / "server.yaml"
+    new.parent.mkdir()
+    code, out, err = run(monkeypatch, capsys, "init-config", "--config", str(new))
+    assert code == 0, err
+    text = new.read_text()
+    assert "enable_security: true" in text  # QCFractal's own default, kept
+    assert "\nqcmb_fractal:\n  # Most fragment calculations (singlepoint children) one qcmb_manybody record" in text
+    assert plugin_config(read_configuration([str(new)])).max_children_per_record == DEFAULT_MAX_CHILDREN
+    code, _, err = run(monkeypatch, capsys, "init-config", "--config", str(new))
+    assert code == 2 and "File exists" in err  # QCFractal never overwrites a configuration

@@ -1,5 +1,7 @@
 """The qcmb_manybody service on a real QCFractal server with a real compute manager running xtb/NWChem."""
 
+import time
+
 import numpy as np
 import pytest
 from qcmanybody.v2.computer import ManyBodyComputer
@@ -19,9 +21,11 @@ from qcmb_fractal.plugin.client import (
     query_qcmb_manybodys,
     simple_specification,
 )
-from qcmb_fractal.plugin.server.record_socket import validated_input
+from qcmb_fractal.plugin.server import record_socket
+from qcmb_fractal.plugin.server.config import plugin_config
+from qcmb_fractal.plugin.server.record_socket import QCMBManyBodyRecordSocket, validated_input
 from qcmb_fractal.testing.fault_harness import FAULT_PROGRAM, write_fault_plan
-from qcmb_fractal.testing.fractal import portal_molecule, wait_for_record
+from qcmb_fractal.testing.fractal import portal_molecule, wait_for_record, wait_for_record_output
 from qcmb_fractal.testing.molecules import water_cluster
 from qcmb_fractal.testing.programs import needs_nwchem, needs_xtb
 
@@ -203,7 +207,7 @@ def test_child_always_failing_errors_record_and_reset_resumes(client, fault_dir)
     record = wait_for_record(client, rid)
     assert record.status == RecordStatusEnum.error
     message = record.error["error_message"]
-    assert "3 fragment calculation(s) failed after 2 attempt(s)" in message
+    assert "3 fragment calculation(s) failed (up to 2 attempt(s) each" in message
     for label in ("[1, 2]", "[1, 3]", "[2, 3]"):
         assert label in message
     assert "fault injected" in message
@@ -218,3 +222,75 @@ def test_child_always_failing_errors_record_and_reset_resumes(client, fault_dir)
     assert all(sp.status == RecordStatusEnum.complete for sp in by_level[2])
     xtb_spec = simple_specification(program="xtb", method="gfn2-xtb", max_nbody=2)
     assert_same_properties(record, serial_reference(mol, xtb_spec))
+
+
+def test_record_over_the_servers_limit_is_refused_with_count_and_limit(fractal):
+    snowflake, client = fractal
+    limit = plugin_config(snowflake._qcf_config).max_children_per_record
+    assert limit < 92  # the conftest's server is configured below what an 8-water MBE(3) needs
+    mol = portal_molecule(water_cluster(8, shift=6.0))
+    spec = simple_specification(program="xtb", method="gfn2-xtb", max_nbody=3)
+    with pytest.raises(InputError) as refused:
+        add_qcmb_manybodys(client, mol, spec)
+    message = str(refused.value)
+    assert "needs 92 fragment calculations (singlepoint children; 8 fragments, max_nbody 3" in message
+    assert f"more than the {limit:,} this server allows per record" in message
+    assert "qcmb_fractal.max_children_per_record" in message
+    assert list(query_qcmb_manybodys(client, status=[RecordStatusEnum.waiting, RecordStatusEnum.running])) == []
+
+
+def test_cancel_during_a_service_step_undoes_it_and_no_child_is_ever_created(fractal, monkeypatch):
+    """Fault injection: the cancel arrives between the step's first and second chunk of children."""
+    snowflake, client = fractal
+    tag = "qcmb-cancel-test"
+    monkeypatch.setattr(record_socket, "CHILD_CHUNK", 4)  # 21 children: six chunks, six checks
+    checks: list[int] = []
+    check_running = QCMBManyBodyRecordSocket._check_running
+
+    def cancel_before_second_chunk(session, rec, *, final=False):
+        if rec.service is not None and rec.service.compute_tag == tag:
+            checks.append(rec.id)
+            if len(checks) == 2:
+                snowflake.client().cancel_records([rec.id])
+        check_running(session, rec, final=final)
+
+    monkeypatch.setattr(QCMBManyBodyRecordSocket, "_check_running", staticmethod(cancel_before_second_chunk))
+    mol = portal_molecule(water_cluster(6, shift=6.5))
+    spec = simple_specification(program="xtb", method="gfn2-xtb", max_nbody=2, mode="eager")
+    _, (rid,) = add_qcmb_manybodys(client, mol, spec, compute_tag=tag)
+
+    record = wait_for_record_output(client, rid, "this step was undone")
+    assert record.status == RecordStatusEnum.cancelled
+    assert "the record was cancelled while its service step ran" in record.stdout
+    time.sleep(2)  # two service ticks: a cancelled service is never stepped again
+    assert checks == [rid, rid]
+    assert client.get_records(rid).children_status == {}
+    assert set(get_qcmb_manybodys(client, rid).cluster_singlepoints.values()) == {None}
+    client.delete_records([rid], soft_delete=False)
+
+
+def test_unknown_method_fails_each_child_at_once(client):
+    mol = portal_molecule(water_cluster(2, shift=7.5))
+    spec = simple_specification(program="xtb", method="gfn9-xtb", max_nbody=2, max_attempts=3)
+    _, (rid,) = add_qcmb_manybodys(client, mol, spec)
+    record = wait_for_record(client, rid)
+    assert record.status == RecordStatusEnum.error
+    message = record.error["error_message"]
+    assert "3 fragment calculation(s) failed" in message
+    assert "input_error: Invalid method gfn9-xtb" in message
+    children = client.get_singlepoints(list(record.cluster_singlepoints.values()), include=["compute_history"])
+    assert [len(c.compute_history) for c in children] == [1, 1, 1]  # no child was retried
+
+
+def test_children_no_manager_takes_say_so_in_level_status_and_output(client):
+    mol = portal_molecule(water_cluster(2, shift=8.0))
+    spec = simple_specification(program="psi4", method="hf", basis="sto-3g", max_nbody=2)  # psi4: not installed
+    _, (rid,) = add_qcmb_manybodys(client, mol, spec)
+    record = wait_for_record_output(client, rid, "no active compute manager takes program psi4")
+    assert "with compute tag '*' (No manager matches programs & tags:" in record.stdout
+    levels = qcmb_level_status(client, rid)
+    assert [(s.level, s.total, s.waiting) for s in levels] == [(1, 2, 2), (2, 1, 1)]
+    for status in levels:
+        assert status.waiting_reason.startswith("No manager matches programs & tags: ")
+        assert "Manager missing programs: {'psi4'}" in status.waiting_reason
+    client.delete_records([rid], soft_delete=False, delete_children=True)
