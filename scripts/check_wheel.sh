@@ -33,7 +33,9 @@ env -u PYTHONPATH "$WORK/venv/bin/qcmb-fractal" plan "$REPO/examples/water6-xtb-
 grep -q "41" plan.txt || { cat plan.txt; exit 1; }
 env -u PYTHONPATH "$WORK/venv/bin/qcmb-fractal" run "$REPO/examples/water6.xyz" --program nwchem --method hf \
   --basis sto-3g --max-nbody 1 --workers 2 --no-progress -o w6.json > run.txt
-env -u PYTHONPATH "$WORK/venv/bin/qcmb-fractal" show w6.json | grep -q "^nocp *1 " || { cat run.txt; exit 1; }
+# through a file: grep -q stops reading at the first match, and under pipefail the writer's broken pipe fails the step
+env -u PYTHONPATH "$WORK/venv/bin/qcmb-fractal" show w6.json > show.txt
+grep -q "^nocp *1 " show.txt || { cat run.txt show.txt; exit 1; }
 where=$(env -u PYTHONPATH "$WORK/venv/bin/python" -c 'import qcmb_fractal; print(qcmb_fractal.__file__)')
 case $where in "$WORK/venv/"*) ;; *) echo "qcmb_fractal imported from $where, not the wheel"; exit 1 ;; esac
 echo "wheel installed into a clean venv and ran plan/run/show in $((SECONDS - start)) s"
