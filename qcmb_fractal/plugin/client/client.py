@@ -15,6 +15,7 @@ from qcportal.record_models import PriorityEnum, RecordQueryIterator, RecordStat
 from qcportal.utils import make_list
 
 from qcmb_fractal.errors import InputError
+from qcmb_fractal.plan.screening import ScreeningSettings
 from qcmb_fractal.plugin import RECORD_TYPE
 from qcmb_fractal.plugin.client.record_models import (
     QCMBAddBody,
@@ -36,8 +37,21 @@ def simple_specification(
     keywords: dict[str, Any] | None = None,
     mode: Literal["levels", "eager"] = "eager",
     max_attempts: int = 3,
+    screen: str | None = None,
+    screen_threshold: float | None = None,
+    screen_distance: float | None = None,
 ) -> QCMBSpecification:
-    """A single-model-chemistry specification, the common case, without writing QCManyBody's schema by hand."""
+    """A single-model-chemistry specification, the common case, without writing QCManyBody's schema by hand.
+
+    ``screen="xtb/gfn1-xtb"`` (PROGRAM/METHOD[/BASIS]) screens the expansion with that model chemistry,
+    keeping candidates whose increment is at least ``screen_threshold`` kcal/mol (docs/screening.md).
+    """
+    screening = None
+    if screen is not None:
+        options = {"threshold": screen_threshold, "distance": screen_distance}
+        screening = ScreeningSettings.from_model_string(screen, **{k: v for k, v in options.items() if v is not None})
+    elif screen_threshold is not None or screen_distance is not None:
+        raise InputError("screen_threshold and screen_distance need screen='PROGRAM/METHOD', e.g. 'xtb/gfn1-xtb'.")
     name = f"{program}-{method}" + (f"/{basis}" if basis else "")
     return QCMBSpecification(
         manybody={
@@ -54,6 +68,7 @@ def simple_specification(
         },
         mode=mode,
         max_attempts=max_attempts,
+        screening=screening,
     )
 
 
