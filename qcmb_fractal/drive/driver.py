@@ -67,9 +67,9 @@ class ManyBodyDriver:
         unknown = set(self.state.tasks) - set(plan.by_hash)
         if unknown:
             raise ValueError(f"state holds {len(unknown)} tasks that are not in this plan; wrong state file?")
-        self._order()
+        self._build_schedule()
 
-    def _order(self) -> None:
+    def _build_schedule(self) -> None:
         """Sort the plan's tasks once (again only if the plan grows): next_batch runs after every finished
         task and only scans."""
         order = sorted(self.plan.tasks, key=self._priority)

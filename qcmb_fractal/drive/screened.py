@@ -90,7 +90,7 @@ class ScreenedDriver(ManyBodyDriver):
         if task.mc == SCREEN_MC:
             self._unfinished[task.level].discard(key)
             if self._advance():
-                self._order()
+                self._build_schedule()
 
     def report(self) -> ScreeningReport:
         return ScreeningReport.build(
