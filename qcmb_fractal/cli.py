@@ -20,7 +20,7 @@ from qcmb_fractal.errors import InputError, RunFailed
 from qcmb_fractal.logs import LOG_FORMAT
 from qcmb_fractal.outputs import check_output_paths, write_output
 from qcmb_fractal.plan.planner import MAX_TASKS
-from qcmb_fractal.plan.screening import DEFAULT_THRESHOLD, ScreeningReport, settings_from_dict
+from qcmb_fractal.plan.screening import DEFAULT_CONTACT, DEFAULT_THRESHOLD, ScreeningReport, settings_from_dict
 
 logger = logging.getLogger("qcmb_fractal")
 
@@ -57,6 +57,12 @@ def _input_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         metavar="ANGSTROM",
         help="only subsystems whose every pair of fragments has atoms this close are candidates (default: no cut-off)",
+    )
+    s.add_argument(
+        "--screen-contact",
+        type=float,
+        metavar="ANGSTROM",
+        help=f"pairs with atoms this close are kept whatever the screening says (default {DEFAULT_CONTACT}; 0: none)",
     )
     p.add_argument(
         "--max-tasks",
@@ -118,17 +124,16 @@ def load_screened_input(args: argparse.Namespace) -> ManyBodyInput:
     from qcmb_fractal.plan import ScreeningSettings, load_input, screening_settings, with_screening
 
     inp = load_input(args.input, **_options(args))
-    changes = {
-        k: v for k, v in (("threshold", args.screen_threshold), ("distance", args.screen_distance)) if v is not None
-    }
+    options = {"threshold": args.screen_threshold, "distance": args.screen_distance, "contact": args.screen_contact}
+    changes = {k: v for k, v in options.items() if v is not None}
     if args.screen:
         return with_screening(inp, ScreeningSettings.from_model_string(args.screen, **changes))
     if changes:
         current = screening_settings(inp)
         if current is None:
             raise InputError(
-                "--screen-threshold and --screen-distance need --screen PROGRAM/METHOD (e.g. --screen xtb/gfn1-xtb) "
-                "or screening settings in the input file."
+                "--screen-threshold, --screen-distance and --screen-contact need --screen PROGRAM/METHOD (e.g. "
+                "--screen xtb/gfn1-xtb) or screening settings in the input file."
             )
         return with_screening(inp, settings_from_dict({**current.model_dump(), **changes}))
     return inp

@@ -16,6 +16,7 @@ from qcmb_fractal.plan.screening import (
     ScreeningReport,
     Subsystem,
     candidates,
+    in_contact,
     select,
     within_distance,
 )
@@ -69,12 +70,19 @@ class ScreenedDriver(ManyBodyDriver):
         plan = self.plan
         energies = {s: self._energy(t) for s, t in plan.screened.items() if len(s) <= level}
         increments = {t.real: increment(energies, t.real) for t in plan.screened_at(level)}
+        contact = [s for s in increments if in_contact(s, plan.distances, plan.settings.contact)]
         if level == 1:
             kept, dropped = sorted(increments), []  # every monomer is kept
         else:
-            kept, dropped = select(increments, plan.settings.threshold_hartree)
+            kept, dropped = select(increments, plan.settings.threshold_hartree, always=contact)
+        threshold = plan.settings.threshold_hartree
         self.decisions[level] = LevelScreening.decide(
-            level, plan.nfragments, self._beyond.get(level, 0), increments, dropped
+            level,
+            plan.nfragments,
+            increments,
+            dropped,
+            beyond=self._beyond.get(level, 0),
+            in_contact=sum(1 for s in contact if abs(increments[s]) < threshold),
         )
         plan.add(target=kept)
         if level < plan.max_nbody:

@@ -55,7 +55,7 @@ class ScreenedPlan(Plan):
                 f"the screening model chemistry ({settings.model_string}) is the target's own: every candidate "
                 "would be computed at the target level and nothing saved. Screen with a cheaper method."
             )
-        self.distances = closest_atom_distances(mol) if settings.distance is not None else None
+        self.distances = closest_atom_distances(mol)
         self.tasks: list[FragmentTask] = []
         self.by_hash: dict[str, FragmentTask] = {}
         self._by_level: dict[int, list[FragmentTask]] = {n: [] for n in range(1, self.max_nbody + 1)}
@@ -108,7 +108,7 @@ class ScreenedPlan(Plan):
 
     def summary(self) -> str:
         s = self.settings
-        dist = f", distance cut-off {s.distance:g} Å" if s.distance is not None else ""
+        dist = f", contact {s.contact:g} Å" + (f", distance cut-off {s.distance:g} Å" if s.distance is not None else "")
         return "\n".join(
             [
                 f"screened many-body expansion of {self.nfragments} fragments up to {self.max_nbody}-body, "

@@ -3,8 +3,11 @@
 Bottom-up, as in Fragme∩t (Broderick & Herbert): every monomer is kept; an (n+1)-body subsystem is a
 candidate only if each of its n-body subsystems was kept (and, with a distance cut-off, each pair of its
 fragments has atoms within that distance); a candidate is kept when its increment, computed with a cheap
-screening model chemistry, is at least the threshold in magnitude. The kept set is therefore closed under
-taking subsets, which is what the screened expansion (:mod:`qcmb_fractal.drive.expansion`) needs.
+screening model chemistry, is at least the threshold in magnitude. A pair in close contact is kept whatever
+its screening increment: a cheap model's increment for a close pair can be near zero by accident (GFN1-xTB
+and GFN2-xTB water pairs correlate only r ≈ 0.7), and dropping it would also drop, unscreened, every larger
+subsystem that holds it. The kept set is closed under taking subsets, which is what the screened expansion
+(:mod:`qcmb_fractal.drive.expansion`) needs.
 
 The settings live in the input itself, ``specification.extras["qcmb_fractal"]["screening"]`` of the
 QCSchema ManyBodyInput, so a checkpoint, a worker, a QCFractal service and a result all see the same ones.
@@ -33,6 +36,8 @@ EXTRAS_KEY = "qcmb_fractal"
 # kcal/mol. Chosen with benchmarks/bench_screening.py (docs/screening.md has the figures): GFN1-xTB
 # screening GFN2-xTB water clusters keeps the real error far below 0.1 kcal/mol per monomer at MBE(4).
 DEFAULT_THRESHOLD = 0.01
+# Å between the closest atoms of two fragments: first-shell neighbours of water (hydrogen-bonded or not).
+DEFAULT_CONTACT = 3.0
 
 ANGSTROM_PER_BOHR = constants.bohr2angstroms
 
@@ -57,6 +62,12 @@ class ScreeningSettings(BaseModel):
         gt=0.0,
         allow_inf_nan=False,
         description="Å: a subsystem is a candidate only if every pair of its fragments has atoms this close",
+    )
+    contact: float = Field(
+        DEFAULT_CONTACT,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="Å: a pair of fragments with atoms this close is kept whatever its screening increment (0: none)",
     )
 
     @field_validator("program")
@@ -203,10 +214,18 @@ def candidates(kept: Collection[Subsystem], nfragments: int) -> list[Subsystem]:
     return out
 
 
-def select(increments: Mapping[Subsystem, float], threshold: float) -> tuple[list[Subsystem], list[Subsystem]]:
-    """Split candidates into kept (|increment| ≥ threshold, in Eh) and dropped, both in ascending order."""
-    kept = sorted(s for s, d in increments.items() if abs(d) >= threshold)
-    dropped = sorted(s for s, d in increments.items() if abs(d) < threshold)
+def in_contact(subsystem: Subsystem, distances: np.ndarray, contact: float) -> bool:
+    """A pair whose closest atoms are within ``contact`` Å: kept whatever its screening increment."""
+    return len(subsystem) == 2 and distances[subsystem[0] - 1, subsystem[1] - 1] <= contact
+
+
+def select(
+    increments: Mapping[Subsystem, float], threshold: float, always: Collection[Subsystem] = ()
+) -> tuple[list[Subsystem], list[Subsystem]]:
+    """Split candidates into kept (|increment| ≥ threshold in Eh, or in ``always``) and dropped, ascending."""
+    keep = set(always)
+    kept = sorted(s for s, d in increments.items() if abs(d) >= threshold or s in keep)
+    dropped = sorted(s for s, d in increments.items() if abs(d) < threshold and s not in keep)
     return kept, dropped
 
 
@@ -218,15 +237,23 @@ class LevelScreening(BaseModel):
     beyond_distance: int = Field(0, description="not candidates: some pair of fragments beyond the cut-off")
     candidates: int = Field(description="screened: every smaller subsystem was kept")
     kept: int
+    kept_in_contact: int = Field(0, description="of the kept, pairs kept for their close contact alone")
     dropped: int
-    estimated_error: float = Field(0.0, description="Eh: sum of the screening increments of the dropped")
-    estimated_error_abs: float = Field(0.0, description="Eh: sum of their magnitudes")
+    estimated_error: float = Field(0.0, description="Eh: sum of the magnitudes of the dropped screening increments")
+    estimated_error_signed: float = Field(0.0, description="Eh: their plain sum (dropped terms cancel in it)")
     largest_dropped: float | None = Field(None, description="Eh: the dropped increment of largest magnitude")
     largest_dropped_subsystem: list[int] | None = None
 
     @classmethod
     def decide(
-        cls, level: int, nfragments: int, beyond: int, increments: Mapping[Subsystem, float], dropped: list[Subsystem]
+        cls,
+        level: int,
+        nfragments: int,
+        increments: Mapping[Subsystem, float],
+        dropped: list[Subsystem],
+        *,
+        beyond: int = 0,
+        in_contact: int = 0,
     ) -> "LevelScreening":
         lost = [increments[s] for s in dropped]
         worst = max(dropped, key=lambda s: abs(increments[s]), default=None)
@@ -236,9 +263,10 @@ class LevelScreening(BaseModel):
             beyond_distance=beyond,
             candidates=len(increments),
             kept=len(increments) - len(dropped),
+            kept_in_contact=in_contact,
             dropped=len(dropped),
-            estimated_error=math.fsum(lost),
-            estimated_error_abs=math.fsum(abs(x) for x in lost),
+            estimated_error=math.fsum(abs(x) for x in lost),
+            estimated_error_signed=math.fsum(lost),
             largest_dropped=None if worst is None else increments[worst],
             largest_dropped_subsystem=None if worst is None else list(worst),
         )
@@ -247,21 +275,24 @@ class LevelScreening(BaseModel):
 class ScreeningReport(BaseModel):
     """The summary stored in a screened result's ``extras["qcmb_fractal"]["screening"]``.
 
-    ``estimated_error`` estimates (full expansion − screened expansion) from the screening model's own
-    increments of the dropped candidates. It does not cover subsystems that never became candidates (beyond
-    the distance cut-off, or above a dropped one), nor the difference between screening and target models.
+    ``estimated_error`` estimates the size of (full expansion − screened expansion): the magnitudes of the
+    screening model's increments of the dropped candidates, summed. The plain sum,
+    ``estimated_error_signed``, is reported too but cancels: dropped terms are small and of both signs, and
+    the target model disagrees with the screening model most on exactly those. Neither covers subsystems
+    that never became candidates (beyond the distance cut-off, or holding a dropped one).
     """
 
     model: str
     threshold: float = Field(description="kcal/mol")
     distance: float | None = Field(None, description="Å")
+    contact: float = Field(DEFAULT_CONTACT, description="Å")
     levels: list[LevelScreening]
     target_calculations: int
     screen_calculations: int
     full_calculations: int = Field(description="what the unscreened expansion computes with the target")
     saved_calculations: int = Field(description="full_calculations - target_calculations")
-    estimated_error: float = Field(description="Eh")
-    estimated_error_abs: float = Field(description="Eh")
+    estimated_error: float = Field(description="Eh, magnitudes summed")
+    estimated_error_signed: float = Field(description="Eh")
     largest_dropped_increment: float | None = Field(None, description="Eh")
     largest_dropped_subsystem: list[int] | None = None
 
@@ -279,13 +310,14 @@ class ScreeningReport(BaseModel):
             model=settings.model_string,
             threshold=settings.threshold,
             distance=settings.distance,
+            contact=settings.contact,
             levels=levels,
             target_calculations=target,
             screen_calculations=screen,
             full_calculations=full,
             saved_calculations=full - target,
             estimated_error=math.fsum(lv.estimated_error for lv in levels),
-            estimated_error_abs=math.fsum(lv.estimated_error_abs for lv in levels),
+            estimated_error_signed=math.fsum(lv.estimated_error_signed for lv in levels),
             largest_dropped_increment=None if worst is None else worst.largest_dropped,
             largest_dropped_subsystem=None if worst is None else worst.largest_dropped_subsystem,
         )
@@ -295,20 +327,20 @@ class ScreeningReport(BaseModel):
         kcal = constants.hartree2kcalmol
         dist = f", distance {self.distance:g} Å" if self.distance is not None else ""
         rows = [
-            f"screened with {self.model}, threshold {self.threshold:g} kcal/mol{dist}",
-            f"{'n-body':>6} {'full':>9} {'candidates':>10} {'kept':>9} {'dropped':>9} {'beyond':>7} "
+            f"screened with {self.model}, threshold {self.threshold:g} kcal/mol, contact {self.contact:g} Å{dist}",
+            f"{'n-body':>6} {'full':>9} {'candidates':>10} {'kept':>9} {'contact':>8} {'dropped':>9} {'beyond':>7} "
             f"{'est. error [kcal/mol]':>22} {'largest dropped [kcal/mol]':>27}",
         ]
         for lv in self.levels:
             largest = f"{lv.largest_dropped * kcal:27.6f}" if lv.largest_dropped is not None else f"{'-':>27}"
             rows.append(
-                f"{lv.level:6d} {lv.full:9d} {lv.candidates:10d} {lv.kept:9d} {lv.dropped:9d} "
-                f"{lv.beyond_distance:7d} {lv.estimated_error * kcal:22.6f} {largest}"
+                f"{lv.level:6d} {lv.full:9d} {lv.candidates:10d} {lv.kept:9d} {lv.kept_in_contact:8d} "
+                f"{lv.dropped:9d} {lv.beyond_distance:7d} {lv.estimated_error * kcal:22.6f} {largest}"
             )
         share = self.target_calculations / self.full_calculations if self.full_calculations else 0.0
         rows.append(
             f"target calculations {self.target_calculations} of {self.full_calculations} ({share:.1%}), "
             f"{self.screen_calculations} screening calculations; estimated error {self.estimated_error:.3e} Eh "
-            f"({self.estimated_error * kcal:.4f} kcal/mol, magnitudes {self.estimated_error_abs * kcal:.4f})"
+            f"({self.estimated_error * kcal:.4f} kcal/mol; signed sum {self.estimated_error_signed * kcal:.4f})"
         )
         return "\n".join(rows)

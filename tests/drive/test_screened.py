@@ -34,11 +34,13 @@ EDGES = [(1, 2), (1, 3), (2, 4), (3, 4)]  # hydrogen-bonded neighbours of the 2x
 DIAGONALS = [(1, 4), (2, 3)]
 
 
-def screened_input(threshold: float, distance: float | None = None, driver: str = "energy"):
+def screened_input(threshold: float, distance: float | None = None, contact: float = 0.0, driver: str = "energy"):
+    """Without the contact rule unless asked: every pair of this small square is in contact at 3 Å."""
     inp = mbe_input(water_cluster(4), {"gfn2": XTB_GFN2}, {3: "gfn2"}, bsse=["nocp"], driver=driver)
-    return with_screening(
-        inp, ScreeningSettings(program="xtb", method="gfn1-xtb", threshold=threshold, distance=distance)
+    settings = ScreeningSettings(
+        program="xtb", method="gfn1-xtb", threshold=threshold, distance=distance, contact=contact
     )
+    return with_screening(inp, settings)
 
 
 class Results:
@@ -140,7 +142,8 @@ def test_diagonals_dropped_leave_no_trimer_and_are_the_estimate(results: Results
     screening = result.extras["qcmb_fractal"]["screening"]
     assert screening["target_calculations"] == 8 and screening["full_calculations"] == 14
     assert screening["screen_calculations"] == 10 and screening["saved_calculations"] == 6
-    assert screening["estimated_error"] == pytest.approx(sum(increments[s] for s in DIAGONALS), abs=1e-15)
+    assert screening["estimated_error_signed"] == pytest.approx(sum(increments[s] for s in DIAGONALS), abs=1e-15)
+    assert screening["estimated_error"] == pytest.approx(sum(abs(increments[s]) for s in DIAGONALS), abs=1e-15)
     levels = {lv["level"]: lv for lv in screening["levels"]}
     assert (levels[2]["candidates"], levels[2]["kept"], levels[2]["dropped"]) == (6, 4, 2)
     assert (levels[3]["full"], levels[3]["candidates"], levels[3]["estimated_error"]) == (4, 0, 0.0)
@@ -163,7 +166,19 @@ def test_one_dimer_dropped_removes_exactly_its_trimers(results: Results, increme
     report = driver.report()
     assert [(lv.candidates, lv.kept) for lv in report.levels[:2]] == [(4, 4), (6, 5)]
     assert len(driver.plan.targeted) == 4 + 5 + report.levels[2].kept
-    assert report.levels[1].estimated_error == increments[dropped]
+    assert report.levels[1].estimated_error_signed == increments[dropped]
+    assert report.levels[1].estimated_error == abs(increments[dropped])
+
+
+def test_pairs_in_contact_are_kept_whatever_the_screening_says(results: Results, increments) -> None:
+    tau = kcal(max(abs(x) for x in increments.values())) * 2  # above every pair's screening increment
+    driver = make_driver(make_plan(screened_input(tau, contact=2.0)), mode="eager")
+    results.run(driver)
+    level = driver.report().levels[1]
+    # the three hydrogen-bonded pairs (closest atoms 1.89 Å) stay, the other three go
+    assert set(driver.plan.targeted) - {(1,), (2,), (3,), (4,)} == {(1, 2), (2, 4), (3, 4)}
+    assert (level.kept, level.kept_in_contact, level.dropped) == (3, 3, 3)
+    assert driver.plan.screened_at(3) == []
 
 
 def test_distance_cut_off_skips_far_pairs_without_screening_them(results: Results) -> None:

@@ -14,6 +14,7 @@ from qcmb_fractal.plan.screening import (
     ScreeningSettings,
     candidates,
     closest_atom_distances,
+    in_contact,
     screening_settings,
     select,
     settings_from_dict,
@@ -55,6 +56,7 @@ def test_model_string_must_be_program_method_basis(text: str) -> None:
         ({"program": "xtb", "method": "gfn1-xtb", "threshold": -1}, "threshold: Input should be greater than or equal"),
         ({"program": "xtb", "method": "gfn1-xtb", "threshold": float("nan")}, "threshold: Input should be a finite"),
         ({"program": "xtb", "method": "gfn1-xtb", "distance": 0}, "distance: Input should be greater than 0"),
+        ({"program": "xtb", "method": "gfn1-xtb", "contact": -1}, "contact: Input should be greater than or equal"),
         ({"program": "xtb", "method": "gfn1-xtb", "treshold": 1}, "treshold: Extra inputs are not permitted"),
         ({"program": "xtb"}, "method: Field required"),
     ],
@@ -129,6 +131,8 @@ def test_closest_atom_distances_and_the_cut_off() -> None:
     assert d[0, 1] < 2.2 and d[0, 3] > 2.5
     assert within_distance((1, 2), d, None) and within_distance((1, 2), d, 2.2)
     assert not within_distance((1, 2, 4), d, 2.2) and within_distance((1, 2, 4), d, float(d.max()))
+    assert in_contact((1, 2), d, 2.2) and not in_contact((1, 4), d, 3.0) and not in_contact((1, 2, 4), d, 9.0)
+    assert not in_contact((1, 2), d, 0.0)
 
 
 def test_candidates_are_subsystems_whose_every_part_was_kept() -> None:
@@ -141,29 +145,32 @@ def test_candidates_are_subsystems_whose_every_part_was_kept() -> None:
     assert candidates([], 4) == []
 
 
-def test_select_keeps_magnitudes_at_or_above_the_threshold() -> None:
-    kept, dropped = select({(1, 2): -2e-5, (1, 3): 1e-5, (2, 3): 0.99999e-5, (3, 4): -1e-5}, 1e-5)
-    assert kept == [(1, 2), (1, 3), (3, 4)] and dropped == [(2, 3)]
+def test_select_keeps_magnitudes_at_or_above_the_threshold_and_contacts() -> None:
+    increments = {(1, 2): -2e-5, (1, 3): 1e-5, (2, 3): 0.99999e-5, (3, 4): -1e-5, (2, 4): 1e-9}
+    kept, dropped = select(increments, 1e-5)
+    assert kept == [(1, 2), (1, 3), (3, 4)] and dropped == [(2, 3), (2, 4)]
+    assert select(increments, 1e-5, always=[(2, 4)]) == ([(1, 2), (1, 3), (2, 4), (3, 4)], [(2, 3)])
     assert select({(1, 2): 0.0}, 0.0) == ([(1, 2)], [])  # threshold 0 keeps everything
 
 
 def test_level_and_report_arithmetic() -> None:
     incs = {(1, 2): -3e-3, (1, 3): 2e-5, (2, 3): -4e-5, (1, 4): 1e-6}
-    level = LevelScreening.decide(2, 4, 2, incs, [(1, 3), (1, 4), (2, 3)])
+    level = LevelScreening.decide(2, 4, incs, [(1, 3), (1, 4), (2, 3)], beyond=2, in_contact=1)
     assert (level.full, level.beyond_distance, level.candidates, level.kept, level.dropped) == (6, 2, 4, 1, 3)
-    assert level.estimated_error == pytest.approx(2e-5 - 4e-5 + 1e-6, abs=1e-18)
-    assert level.estimated_error_abs == pytest.approx(6.1e-5, abs=1e-18)
+    assert level.kept_in_contact == 1
+    assert level.estimated_error == pytest.approx(6.1e-5, abs=1e-18)  # magnitudes: dropped terms cancel
+    assert level.estimated_error_signed == pytest.approx(2e-5 - 4e-5 + 1e-6, abs=1e-18)
     assert (level.largest_dropped, level.largest_dropped_subsystem) == (-4e-5, [2, 3])
-    first = LevelScreening.decide(1, 4, 0, {(i,): -76.0 for i in range(1, 5)}, [])
+    first = LevelScreening.decide(1, 4, {(i,): -76.0 for i in range(1, 5)}, [])
     assert (first.kept, first.dropped, first.largest_dropped, first.estimated_error) == (4, 0, None, 0.0)
-    three = LevelScreening.decide(3, 4, 0, {(1, 2, 4): 5e-5}, [(1, 2, 4)])
+    three = LevelScreening.decide(3, 4, {(1, 2, 4): 5e-5}, [(1, 2, 4)])
     report = ScreeningReport.build(GFN1, [first, level, three], target=5, screen=9)
     assert (report.full_calculations, report.saved_calculations) == (4 + 6 + 4, 14 - 5)
-    assert report.estimated_error == pytest.approx(-1.9e-5 + 5e-5, abs=1e-18)
-    assert report.estimated_error_abs == pytest.approx(1.11e-4, abs=1e-18)
+    assert report.estimated_error == pytest.approx(1.11e-4, abs=1e-18)
+    assert report.estimated_error_signed == pytest.approx(-1.9e-5 + 5e-5, abs=1e-18)
     assert (report.largest_dropped_increment, report.largest_dropped_subsystem) == (5e-5, [1, 2, 4])
     table = report.table()
-    assert "screened with xtb/gfn1-xtb, threshold 0.01 kcal/mol" in table
+    assert "screened with xtb/gfn1-xtb, threshold 0.01 kcal/mol, contact 3 Å" in table
     assert "target calculations 5 of 14 (35.7%), 9 screening calculations" in table
     assert f"{5e-5 * constants.hartree2kcalmol:27.6f}" in table.splitlines()[4]
 
@@ -206,7 +213,7 @@ def test_screened_plan_refusals() -> None:
         ScreenedPlan(inp)
     far = make_plan(with_screening(inp, ScreeningSettings(program="xtb", method="gfn1-xtb", distance=2.5)))
     assert far.distances is not None and far.distances.shape == (4, 4)
-    assert "distance cut-off 2.5 Å" in far.summary()
+    assert "contact 3 Å, distance cut-off 2.5 Å" in far.summary()
 
 
 def test_builder_screens_with_energies_whatever_the_driver() -> None:

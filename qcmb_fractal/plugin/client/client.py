@@ -40,18 +40,20 @@ def simple_specification(
     screen: str | None = None,
     screen_threshold: float | None = None,
     screen_distance: float | None = None,
+    screen_contact: float | None = None,
 ) -> QCMBSpecification:
     """A single-model-chemistry specification, the common case, without writing QCManyBody's schema by hand.
 
     ``screen="xtb/gfn1-xtb"`` (PROGRAM/METHOD[/BASIS]) screens the expansion with that model chemistry,
     keeping candidates whose increment is at least ``screen_threshold`` kcal/mol (docs/screening.md).
     """
+    options = {"threshold": screen_threshold, "distance": screen_distance, "contact": screen_contact}
+    options = {k: v for k, v in options.items() if v is not None}
     screening = None
     if screen is not None:
-        options = {"threshold": screen_threshold, "distance": screen_distance}
-        screening = ScreeningSettings.from_model_string(screen, **{k: v for k, v in options.items() if v is not None})
-    elif screen_threshold is not None or screen_distance is not None:
-        raise InputError("screen_threshold and screen_distance need screen='PROGRAM/METHOD', e.g. 'xtb/gfn1-xtb'.")
+        screening = ScreeningSettings.from_model_string(screen, **options)
+    elif options:
+        raise InputError("screen_threshold, _distance and _contact need screen='PROGRAM/METHOD', e.g. 'xtb/gfn1-xtb'.")
     name = f"{program}-{method}" + (f"/{basis}" if basis else "")
     return QCMBSpecification(
         manybody={

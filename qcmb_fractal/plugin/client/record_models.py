@@ -42,7 +42,8 @@ class QCMBSpecification(BaseModel):
             raise ValueError("screening is given twice (screening and manybody.extras.qcmb_fractal.screening)")
         rest = {k: v for k, v in ours.items() if k != "screening"}
         extras = {k: v for k, v in extras.items() if k != EXTRAS_KEY} | ({EXTRAS_KEY: rest} if rest else {})
-        return {**data, "manybody": {**data["manybody"], "extras": extras}, "screening": ours["screening"]}
+        manybody = {k: v for k, v in data["manybody"].items() if k != "extras"} | ({"extras": extras} if extras else {})
+        return {**data, "manybody": manybody, "screening": ours["screening"]}
 
 
 class QCMBInput(RestModelBase):
