@@ -73,9 +73,7 @@ def contributions(
         value = pad(values[t], t)
         if zero is None and not scalar:
             zero = np.zeros_like(value, dtype=float)
-        for n, w in by_level.items():
-            if w == 0:
-                continue
+        for n, w in by_level.items():  # never 0: every term of a weight has the sign (-1)^(n-|t|)
             if scalar:
                 terms[n].append(w * value)
             else:

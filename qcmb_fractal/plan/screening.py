@@ -122,8 +122,6 @@ def screening_settings(inp: ManyBodyInput) -> ScreeningSettings | None:
     data = ours.get("screening") if isinstance(ours, Mapping) else None
     if data is None:
         return None
-    if isinstance(data, ScreeningSettings):
-        return data
     if not isinstance(data, Mapping):
         raise InputError(
             "specification.extras.qcmb_fractal.screening must be a mapping such as "

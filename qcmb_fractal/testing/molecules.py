@@ -222,15 +222,12 @@ def random_water_cluster_xyz(n: int, seed: int) -> list[tuple[str, np.ndarray]]:
         options = [_toward(units[j], units[k]) for j, k in itertools.combinations(near, 2)]
         options += [(units[j], _second(units[j], phi)) for j in near for phi in np.linspace(0, 2 * math.pi, 12, False)]
         options += _rotations(rng, 32)
-        others = [(oxygens[k], "O") for k in range(n) if k != i]
-        others += [(h, "H") for k, pair in hydrogens.items() for h in pair]
+        others = np.array([oxygens[k] for k in range(n) if k != i] + [h for pair in hydrogens.values() for h in pair])
+        limits = np.array([CLASH[("H", "O")]] * (n - 1) + [CLASH[("H", "H")]] * (2 * len(hydrogens)))
         best, best_score, best_bonds = None, -np.inf, []
         for u1, u2 in options:
             h1, h2 = o + OH_BOND * u1, o + OH_BOND * u2
-            gap = min(
-                (float(np.linalg.norm(h - p)) - CLASH[("H", kind)] for h in (h1, h2) for p, kind in others),
-                default=1.0,
-            )
+            gap = float((np.linalg.norm(others[None] - np.array([h1, h2])[:, None], axis=-1) - limits).min())
             if gap < 0:
                 continue
             bonds = [j for j in near for h, u in ((h1, u1), (h2, u2)) if _hbond(o, h, oxygens[j])]

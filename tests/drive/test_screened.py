@@ -226,6 +226,15 @@ def test_a_screening_calculation_that_fails_for_good_stops_the_run(results: Resu
     assert f"  {victim.label}: xtb: SCF did not converge" in str(err.value)
 
 
+def test_a_screening_result_without_an_energy_is_a_clear_error() -> None:
+    driver = make_driver(make_plan(screened_input(0.0)), mode="eager")
+    *first, last = [t for t in driver.next_batch() if t.mc == SCREEN_MC]
+    for t in first:
+        driver.record_result(t.hash, ComponentProperties(energy=-5.0))
+    with pytest.raises(RuntimeError, match=r"screening calculation .* finished without an energy"):
+        driver.record_result(last.hash, ComponentProperties())
+
+
 def test_make_driver_keeps_plain_plans_plain() -> None:
     inp = mbe_input(water_cluster(3), {"gfn2": XTB_GFN2}, {2: "gfn2"}, bsse=["nocp"])
     assert type(make_driver(Plan(inp))) is ManyBodyDriver
