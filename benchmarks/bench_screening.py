@@ -105,31 +105,32 @@ def row(label: str, n: int, full: ManyBodyResult, screened: ManyBodyResult, time
     rep = screened.extras["qcmb_fractal"]["screening"]
     real = (total(full) - total(screened)) * KCAL / n
     est = rep["estimated_error"] * KCAL / n
-    bound = rep["estimated_error_abs"] * KCAL / n
+    signed = rep["estimated_error_signed"] * KCAL / n
     done = rep["screen_calculations"] + rep["target_calculations"]
     top = rep["levels"][-1]
     top_share = top["kept"] / top["full"] if top["full"] else 0.0
-    ratio = f"{est / real:7.2f}" if abs(real) > 1e-12 else f"{'-':>7}"
+    ratio = f"{est / abs(real):7.2f}" if abs(real) > 1e-6 else f"{'-':>7}"
     timing = f"{times[0]:8.1f} {times[1]:8.1f} {times[1] / times[0]:6.2f}" if times else f"{'':8} {'':8} {'':6}"
     return (
         f"{label:32} {rep['full_calculations']:6d} {rep['screen_calculations']:6d} {rep['target_calculations']:6d} "
         f"{rep['target_calculations'] / rep['full_calculations']:7.1%} {top_share:7.1%} "
         f"{done / rep['full_calculations']:6.2f} {timing} "
-        f"{real:10.4f} {est:10.4f} {bound:10.4f} {ratio}"
+        f"{real:10.4f} {est:10.4f} {signed:10.4f} {ratio}"
     )
 
 
 HEADER = (
     f"{'case (threshold kcal/mol)':32} {'full':>6} {'screen':>6} {'target':>6} {'target%':>7} {'top%':>7} "
     f"{'done/f':>6} {'full s':>8} {'scr. s':>8} {'s/f':>6} "
-    f"{'real err':>10} {'estimate':>10} {'sum|inc|':>10} {'est/real':>7}"
+    f"{'real err':>10} {'estimate':>10} {'signed':>10} {'est/|r|':>7}"
 )
 NOTES = """
 full: target calculations of the unscreened expansion; screen/target: calculations the screened run did;
 target%: target/full; top%: kept share of the highest level; done/f: (screen + target)/full;
 full s, scr. s: wall time of the whole process; s/f: their ratio;
-real err: (full - screened) total energy, kcal/mol per monomer; estimate: the screening model's increments
-of the dropped candidates, same units; sum|inc|: their magnitudes summed; est/real: estimate / real error."""
+real err: (full - screened) total energy, kcal/mol per monomer; estimate: the magnitudes of the screening
+model's increments of the dropped candidates, summed (estimated_error), same units; signed: their plain sum;
+est/|r|: estimate / |real error| (target: at least 0.5)."""
 
 
 def main() -> None:
