@@ -1,6 +1,7 @@
 """The driver of a screened expansion, and the one place that picks a driver for a plan."""
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 from qcelemental.models.v2 import AtomicResult
 from qcmanybody.models.v2 import ManyBodyResult
@@ -20,6 +21,40 @@ from qcmb_fractal.plan.screening import (
     select,
     within_distance,
 )
+
+
+class LevelDecision(NamedTuple):
+    report: LevelScreening
+    kept: list[Subsystem]  # this level's, for the target
+    candidates: list[Subsystem]  # the next level's, for the screening model
+    beyond: int  # the next level's subsystems left out by the distance cut-off
+
+
+def decide_level(plan: ScreenedPlan, level: int, energies: Mapping[Subsystem, float], *, beyond: int) -> LevelDecision:
+    """What screening keeps at ``level`` and screens at the next, from the screening energies of every screened
+    subsystem of up to ``level`` fragments. Pure, so any caller holding those energies (the driver, a service
+    reading its children) decides exactly alike."""
+    settings = plan.settings
+    screened = [s for s in energies if len(s) == level]
+    increments = {s: increment(energies, s) for s in screened}
+    contact = [s for s in screened if in_contact(s, plan.distances, settings.contact)]
+    if level == 1:
+        kept, dropped = sorted(screened), []  # every monomer is kept
+    else:
+        kept, dropped = select(increments, settings.threshold_hartree, always=contact)
+    report = LevelScreening.decide(
+        level,
+        plan.nfragments,
+        increments,
+        dropped,
+        beyond=beyond,
+        in_contact=sum(1 for s in contact if abs(increments[s]) < settings.threshold_hartree),
+    )
+    if level == plan.max_nbody:
+        return LevelDecision(report, kept, [], 0)
+    found = candidates(kept, plan.nfragments)
+    near = [s for s in found if within_distance(s, plan.distances, settings.distance)]
+    return LevelDecision(report, kept, near, len(found) - len(near))
 
 
 class ScreenedDriver(ManyBodyDriver):
@@ -69,27 +104,12 @@ class ScreenedDriver(ManyBodyDriver):
     def _decide(self, level: int) -> None:
         plan = self.plan
         energies = {s: self._energy(t) for s, t in plan.screened.items() if len(s) <= level}
-        increments = {t.real: increment(energies, t.real) for t in plan.screened_at(level)}
-        contact = [s for s in increments if in_contact(s, plan.distances, plan.settings.contact)]
-        if level == 1:
-            kept, dropped = sorted(increments), []  # every monomer is kept
-        else:
-            kept, dropped = select(increments, plan.settings.threshold_hartree, always=contact)
-        threshold = plan.settings.threshold_hartree
-        self.decisions[level] = LevelScreening.decide(
-            level,
-            plan.nfragments,
-            increments,
-            dropped,
-            beyond=self._beyond.get(level, 0),
-            in_contact=sum(1 for s in contact if abs(increments[s]) < threshold),
-        )
-        plan.add(target=kept)
+        decision = decide_level(plan, level, energies, beyond=self._beyond.get(level, 0))
+        self.decisions[level] = decision.report
+        plan.add(target=decision.kept)
         if level < plan.max_nbody:
-            found = candidates(kept, plan.nfragments)
-            near = [s for s in found if within_distance(s, plan.distances, plan.settings.distance)]
-            self._beyond[level + 1] = len(found) - len(near)
-            plan.add(screen=near)
+            self._beyond[level + 1] = decision.beyond
+            plan.add(screen=decision.candidates)
             self._open(level + 1)
 
     def record_result(self, key: str, properties: ComponentProperties, **details) -> None:
