@@ -15,7 +15,7 @@ QCSchema ManyBodyInput, so a checkpoint, a worker, a QCFractal service and a res
 
 import itertools
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -237,8 +237,13 @@ class LevelScreening(BaseModel):
     kept: int
     kept_in_contact: int = Field(0, description="of the kept, pairs kept for their close contact alone")
     dropped: int
-    estimated_error: float = Field(0.0, description="Eh: sum of the magnitudes of the dropped screening increments")
-    estimated_error_signed: float = Field(0.0, description="Eh: their plain sum (dropped terms cancel in it)")
+    estimated_error: float = Field(
+        0.0, description="Eh: sum of the magnitudes of the dropped screening increments, each corrected by bias"
+    )
+    estimated_error_signed: float = Field(0.0, description="Eh: the plain sum of those increments (they cancel)")
+    bias: float | None = Field(
+        None, description="Eh: median (target - screening) increment of the kept nearest the threshold"
+    )
     largest_dropped: float | None = Field(None, description="Eh: the dropped increment of largest magnitude")
     largest_dropped_subsystem: list[int] | None = None
 
@@ -269,15 +274,21 @@ class LevelScreening(BaseModel):
             largest_dropped_subsystem=None if worst is None else list(worst),
         )
 
+    def with_bias(self, bias: float | None, dropped: Iterable[float]) -> "LevelScreening":
+        """The estimate once the target's results are in: each dropped screening increment moved by ``bias``."""
+        shift = bias or 0.0
+        return self.model_copy(update={"bias": bias, "estimated_error": math.fsum(abs(x + shift) for x in dropped)})
+
 
 class ScreeningReport(BaseModel):
     """The summary stored in a screened result's ``extras["qcmb_fractal"]["screening"]``.
 
-    ``estimated_error`` estimates the size of (full expansion − screened expansion): the magnitudes of the
-    screening model's increments of the dropped candidates, summed. The plain sum,
-    ``estimated_error_signed``, is reported too but cancels: dropped terms are small and of both signs, and
-    the target model disagrees with the screening model most on exactly those. Neither covers subsystems
-    that never became candidates (beyond the distance cut-off, or holding a dropped one).
+    ``estimated_error`` estimates the size of (full expansion − screened expansion): the screening model's
+    increments of the dropped candidates, each moved by its level's ``bias`` (how far the target's increments
+    differ from the screening model's on the kept subsystems nearest the threshold), in magnitude, summed. The
+    plain sum of the increments, ``estimated_error_signed``, is reported too but cancels: dropped terms are
+    small and of both signs. Neither covers subsystems that never became candidates (beyond the distance
+    cut-off, or holding a dropped one).
     """
 
     model: str

@@ -6,6 +6,7 @@ so the thresholds below are set between real increments.
 """
 
 import json
+import statistics
 
 import pytest
 import qcengine
@@ -21,6 +22,7 @@ from qcmb_fractal.drive import (
     make_driver,
 )
 from qcmb_fractal.drive.expansion import increment
+from qcmb_fractal.drive.screened import screening_bias
 from qcmb_fractal.errors import RunFailed
 from qcmb_fractal.plan import FragmentTask, Plan, ScreeningSettings, make_plan, with_screening
 from qcmb_fractal.plan.screening import SCREEN_MC
@@ -143,7 +145,13 @@ def test_diagonals_dropped_leave_no_trimer_and_are_the_estimate(results: Results
     assert screening["target_calculations"] == 8 and screening["full_calculations"] == 14
     assert screening["screen_calculations"] == 10 and screening["saved_calculations"] == 6
     assert screening["estimated_error_signed"] == pytest.approx(sum(increments[s] for s in DIAGONALS), abs=1e-15)
-    assert screening["estimated_error"] == pytest.approx(sum(abs(increments[s]) for s in DIAGONALS), abs=1e-15)
+    # the bias: median of (target - screening) increments over the kept pairs (fewer than BIAS_SAMPLE here)
+    target = {s: e[s] - e[(s[0],)] - e[(s[1],)] for s in EDGES}
+    bias = statistics.median(target[s] - increments[s] for s in EDGES)
+    assert screening["levels"][1]["bias"] == pytest.approx(bias, abs=1e-15)
+    by_hand = sum(abs(increments[s] + bias) for s in DIAGONALS)
+    assert screening["estimated_error"] == pytest.approx(by_hand, abs=1e-15)
+    assert screening["levels"][2]["bias"] is None  # no trimer kept: nothing to measure it on
     levels = {lv["level"]: lv for lv in screening["levels"]}
     assert (levels[2]["candidates"], levels[2]["kept"], levels[2]["dropped"]) == (6, 4, 2)
     assert (levels[3]["full"], levels[3]["candidates"], levels[3]["estimated_error"]) == (4, 0, 0.0)
@@ -166,8 +174,10 @@ def test_one_dimer_dropped_removes_exactly_its_trimers(results: Results, increme
     report = driver.report()
     assert [(lv.candidates, lv.kept) for lv in report.levels[:2]] == [(4, 4), (6, 5)]
     assert len(driver.plan.targeted) == 4 + 5 + report.levels[2].kept
-    assert report.levels[1].estimated_error_signed == increments[dropped]
-    assert report.levels[1].estimated_error == abs(increments[dropped])
+    pairs = report.levels[1]
+    assert pairs.estimated_error_signed == increments[dropped]
+    assert pairs.bias is not None and pairs.estimated_error == pytest.approx(abs(increments[dropped] + pairs.bias))
+    assert driver.decisions[2].report.bias is None  # before the targets are in, no bias: plain magnitudes
 
 
 def test_pairs_in_contact_are_kept_whatever_the_screening_says(results: Results, increments) -> None:
@@ -231,8 +241,15 @@ def test_a_screening_result_without_an_energy_is_a_clear_error() -> None:
     *first, last = [t for t in driver.next_batch() if t.mc == SCREEN_MC]
     for t in first:
         driver.record_result(t.hash, ComponentProperties(energy=-5.0))
-    with pytest.raises(RuntimeError, match=r"screening calculation .* finished without an energy"):
+    with pytest.raises(RuntimeError, match=r'calculation \["\(screen\)".* finished without an energy'):
         driver.record_result(last.hash, ComponentProperties())
+
+
+def test_bias_comes_from_the_kept_nearest_the_threshold() -> None:
+    screen = {(i, 30 + i): (-1) ** i * 1e-3 * i for i in range(1, 30)}  # |increment| grows with i
+    target = {s: x + (1e-4 if abs(x) < 0.0205 else 1.0) for s, x in screen.items()}  # the 20 smallest: +1e-4
+    assert screening_bias(screen, target) == pytest.approx(1e-4, abs=1e-15)
+    assert screening_bias(screen, {}) is None
 
 
 def test_make_driver_keeps_plain_plans_plain() -> None:

@@ -161,6 +161,9 @@ def test_level_and_report_arithmetic() -> None:
     assert level.estimated_error == pytest.approx(6.1e-5, abs=1e-18)  # magnitudes: dropped terms cancel
     assert level.estimated_error_signed == pytest.approx(2e-5 - 4e-5 + 1e-6, abs=1e-18)
     assert (level.largest_dropped, level.largest_dropped_subsystem) == (-4e-5, [2, 3])
+    moved = level.with_bias(-1e-5, [incs[s] for s in [(1, 3), (1, 4), (2, 3)]])
+    assert moved.bias == -1e-5 and moved.estimated_error == pytest.approx(1e-5 + 5e-5 + 9e-6, abs=1e-18)
+    assert (moved.estimated_error_signed, moved.kept) == (level.estimated_error_signed, level.kept)
     first = LevelScreening.decide(1, 4, {(i,): -76.0 for i in range(1, 5)}, [])
     assert (first.kept, first.dropped, first.largest_dropped, first.estimated_error) == (4, 0, None, 0.0)
     three = LevelScreening.decide(3, 4, {(1, 2, 4): 5e-5}, [(1, 2, 4)])
