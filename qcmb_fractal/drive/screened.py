@@ -39,8 +39,8 @@ def screening_bias(screen: Mapping[Subsystem, float], target: Mapping[Subsystem,
     """Median (target − screening) increment over the kept subsystems the screening model finds smallest.
 
     The dropped candidates lie just below the threshold, these just above it: where a cheap model differs
-    systematically from the target (HF/sto-3g water pairs vs GFN1-xTB: +0.1 kcal/mol each), this says by how
-    much. Both increments of a kept subsystem are known, so measuring costs nothing.
+    systematically from the target (HF/sto-3g water pairs near the threshold: +0.1 kcal/mol over GFN1-xTB), this
+    says by how much. Both increments of a kept subsystem are known, so measuring costs nothing.
     """
     nearest = sorted(target, key=lambda s: abs(screen[s]))[:BIAS_SAMPLE]
     return float(np.median([target[s] - screen[s] for s in nearest])) if nearest else None
