@@ -1,4 +1,4 @@
-"""Command line: ``qcmb-fractal plan INPUT`` and ``qcmb-fractal run INPUT --backend NAME``.
+"""Command line: ``qcmb-fractal plan INPUT``, ``run INPUT --backend NAME``, ``show RESULT`` and ``plot RESULT``.
 
 Every user-fixable problem ends in one line on stderr and exit code 2; ``--debug`` shows the traceback.
 """
@@ -6,21 +6,22 @@ Every user-fixable problem ends in one line on stderr and exit code 2; ``--debug
 import argparse
 import json
 import logging
+import multiprocessing
 import signal
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from qcelemental import constants
-from qcmanybody.models.v2 import ManyBodyInput, ManyBodyResult
+from qcmanybody.models.v2 import ManyBodyInput
 
-from qcmb_fractal import __version__
+from qcmb_fractal import __version__, report
 from qcmb_fractal.errors import InputError, RunFailed
-from qcmb_fractal.logs import LOG_FORMAT
+from qcmb_fractal.logs import LogSettings, configure_logging
 from qcmb_fractal.outputs import check_output_paths, write_output
 from qcmb_fractal.plan.planner import MAX_TASKS
 from qcmb_fractal.plan.screening import DEFAULT_CONTACT, DEFAULT_THRESHOLD, ScreeningReport, settings_from_dict
+from qcmb_fractal.report import energy_table
 
 logger = logging.getLogger("qcmb_fractal")
 
@@ -99,12 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--max-attempts", type=int, default=3, help="tries per calculation before it counts as failed")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--log-file", help="append log records of the driver and every worker or rank here (INFO and up, or -vv)"
+    )
+    run.add_argument(
+        "--log-format", choices=["text", "json"], default="text", help="json: one object per line (file and stderr)"
+    )
     for name in backend_modules():
         try:
             cls = backend_class(name)
         except ImportError:  # a backend whose optional dependencies are missing offers no options
             continue
         cls.add_arguments(run.add_argument_group(f"{name} backend"))
+    report.add_commands(sub)
     return parser
 
 
@@ -141,7 +149,17 @@ def load_screened_input(args: argparse.Namespace) -> ManyBodyInput:
 
 def _configure_logging(args: argparse.Namespace) -> None:
     level = logging.DEBUG if args.debug or args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
-    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr, force=True)
+    log_file = getattr(args, "log_file", None)
+    multiprocessing.current_process().name = "driver"  # records name their process; backends rename ranks
+    settings = LogSettings(
+        level=level,
+        file=str(Path(log_file).resolve()) if log_file else None,  # workers may run in another directory
+        format=getattr(args, "log_format", "text"),
+    )
+    try:
+        configure_logging(settings)
+    except OSError as err:
+        raise InputError(f"cannot open --log-file {log_file}: {err.strerror}; choose another path.") from None
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -157,24 +175,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         print(plan.summary())
     return 0
-
-
-def energy_table(result: ManyBodyResult) -> str:
-    """Total and interaction energies per BSSE treatment and n-body level, in hartree and kcal/mol."""
-    props = result.properties
-    kcal = constants.hartree2kcalmol
-    nfr = props.calcinfo_nfr
-    rows = [f"{'bsse':6} {'n-body':>6} {'total [Eh]':>20} {'interaction [Eh]':>20} {'interaction [kcal/mol]':>24}"]
-    for bsse in result.input_data.specification.keywords.bsse_type:
-        for n in range(1, nfr + 1):
-            tot = getattr(props, f"{bsse.value}_corrected_total_energy_through_{n}_body", None)
-            ie = getattr(props, f"{bsse.value}_corrected_interaction_energy_through_{n}_body", None)
-            if tot is None and ie is None:
-                continue
-            tot_s = f"{tot:20.10f}" if tot is not None else f"{'-':>20}"
-            ie_s = f"{ie:20.10f} {ie * kcal:24.6f}" if ie is not None else f"{'-':>20} {'-':>24}"
-            rows.append(f"{bsse.value:6} {n:6d} {tot_s} {ie_s}")
-    return "\n".join(rows)
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -234,11 +234,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args)
     try:
+        _configure_logging(args)
         if args.command == "plan":
             return cmd_plan(args)
-        return cmd_run(args)
+        if args.command == "run":
+            return cmd_run(args)
+        return args.handler(args)
     except InputError as err:
         if args.debug:
             traceback.print_exc()

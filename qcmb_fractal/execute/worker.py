@@ -9,11 +9,11 @@ import os
 import time
 import traceback
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from qcmb_fractal.drive.state import ComponentProperties
 from qcmb_fractal.execute.base import TaskOutcome
-from qcmb_fractal.logs import LOG_FORMAT
+from qcmb_fractal.logs import LogSettings, configure_logging, current_log_settings
 from qcmb_fractal.plan import FragmentBuilder, FragmentTask
 from qcmb_fractal.plan.inputs import manybody_input
 
@@ -29,6 +29,7 @@ class WorkerConfig(BaseModel):
     scratch_directory: str | None = None
     name: str = "worker"
     log_level: int = logging.WARNING
+    log: LogSettings | None = Field(default_factory=current_log_settings)  # the CLI's, when it set them
 
 
 _BUILDER: FragmentBuilder | None = None
@@ -50,7 +51,7 @@ def init_worker(config: WorkerConfig) -> None:
     import qcengine
 
     multiprocessing.current_process().name = config.name
-    logging.basicConfig(level=config.log_level, format=LOG_FORMAT, force=True)
+    configure_logging(config.log or LogSettings(level=config.log_level))
     _CONFIG = config
     _BUILDER = FragmentBuilder(manybody_input(__import__("json").loads(config.input_json)))
     qcengine.get_config(task_config=task_config(config))
