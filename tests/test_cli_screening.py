@@ -50,6 +50,8 @@ def test_screened_run_from_options_and_from_the_input_file_agree(tmp_path: Path,
     screening = result["extras"]["qcmb_fractal"]["screening"]
     assert f"target calculations {screening['target_calculations']} of 25" in run.stdout
     assert screening["target_calculations"] < 25
+    shown = cli(tmp_path, "show", "water5.result.json")  # a finished screened result says it is one
+    assert shown.returncode == 0 and f"target calculations {screening['target_calculations']} of 25" in shown.stdout
 
     # The same settings written into a QCSchema input reuse every calculation of the checkpoint.
     inp = plain_input(parse_plain_molecule(water5.read_text()), program="xtb", method="gfn2-xtb", max_nbody=3)
@@ -70,7 +72,7 @@ def test_screened_run_from_options_and_from_the_input_file_agree(tmp_path: Path,
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--screen-threshold", "1"], "--screen-threshold and --screen-distance need --screen"),
+        (["--screen-threshold", "1"], "--screen-distance and --screen-contact need --screen"),
         (["--screen", "xtb"], "is not PROGRAM/METHOD[/BASIS]"),
         (["--screen", "xtb/gfn1-xtb", "--screen-distance", "-2"], "distance: Input should be greater than 0"),
         (["--screen", "xtb/gfn2-xtb"], "is the target's own"),
