@@ -13,11 +13,14 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from qcmanybody.models.v2 import ManyBodyInput
+
 from qcmb_fractal import __version__, report
 from qcmb_fractal.errors import InputError, RunFailed
 from qcmb_fractal.logs import LogSettings, configure_logging
 from qcmb_fractal.outputs import check_output_paths, write_output
 from qcmb_fractal.plan.planner import MAX_TASKS
+from qcmb_fractal.plan.screening import DEFAULT_CONTACT, DEFAULT_THRESHOLD, ScreeningReport, settings_from_dict
 from qcmb_fractal.report import energy_table
 
 logger = logging.getLogger("qcmb_fractal")
@@ -38,6 +41,30 @@ def _input_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bsse", nargs="+", choices=["nocp", "cp", "vmfc"], help="BSSE treatments (default nocp)")
     g.add_argument("--max-nbody", type=int, help="highest n-body order (default: all fragments)")
     g.add_argument("--driver", choices=["energy", "gradient", "hessian"], help="default energy")
+    s = p.add_argument_group("screening (docs/screening.md)")
+    s.add_argument(
+        "--screen",
+        metavar="PROGRAM/METHOD[/BASIS]",
+        help="screen subsystems bottom-up with this cheap model chemistry, e.g. xtb/gfn1-xtb; nocp only",
+    )
+    s.add_argument(
+        "--screen-threshold",
+        type=float,
+        metavar="KCAL",
+        help=f"keep a candidate whose screening increment is at least this, in kcal/mol (default {DEFAULT_THRESHOLD})",
+    )
+    s.add_argument(
+        "--screen-distance",
+        type=float,
+        metavar="ANGSTROM",
+        help="only subsystems whose every pair of fragments has atoms this close are candidates (default: no cut-off)",
+    )
+    s.add_argument(
+        "--screen-contact",
+        type=float,
+        metavar="ANGSTROM",
+        help=f"pairs with atoms this close are kept whatever the screening says (default {DEFAULT_CONTACT}; 0: none)",
+    )
     p.add_argument(
         "--max-tasks",
         type=int,
@@ -100,6 +127,26 @@ def _options(args: argparse.Namespace) -> dict:
     }
 
 
+def load_screened_input(args: argparse.Namespace) -> ManyBodyInput:
+    """The input file plus the command line's screening options, which replace the file's own."""
+    from qcmb_fractal.plan import ScreeningSettings, load_input, screening_settings, with_screening
+
+    inp = load_input(args.input, **_options(args))
+    options = {"threshold": args.screen_threshold, "distance": args.screen_distance, "contact": args.screen_contact}
+    changes = {k: v for k, v in options.items() if v is not None}
+    if args.screen:
+        return with_screening(inp, ScreeningSettings.from_model_string(args.screen, **changes))
+    if changes:
+        current = screening_settings(inp)
+        if current is None:
+            raise InputError(
+                "--screen-threshold, --screen-distance and --screen-contact need --screen PROGRAM/METHOD (e.g. "
+                "--screen xtb/gfn1-xtb) or screening settings in the input file."
+            )
+        return with_screening(inp, settings_from_dict({**current.model_dump(), **changes}))
+    return inp
+
+
 def _configure_logging(args: argparse.Namespace) -> None:
     level = logging.DEBUG if args.debug or args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
     log_file = getattr(args, "log_file", None)
@@ -116,11 +163,15 @@ def _configure_logging(args: argparse.Namespace) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from qcmb_fractal.plan import Plan, load_input
+    from qcmb_fractal.plan import make_plan, screening_settings
 
-    plan = Plan(load_input(args.input, **_options(args)), max_tasks=args.max_tasks)
+    plan = make_plan(load_screened_input(args), max_tasks=args.max_tasks)
     if args.json:
-        print(json.dumps({"tasks": len(plan.tasks), "counts": plan.counts()}, indent=2))
+        summary = {"tasks": len(plan.tasks), "counts": plan.counts()}
+        screening = screening_settings(plan.input)
+        if screening is not None:
+            summary["screening"] = screening.model_dump(mode="json")
+        print(json.dumps(summary, indent=2))
     else:
         print(plan.summary())
     return 0
@@ -132,12 +183,12 @@ def _interrupt(signum: int, _frame: object) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from qcmb_fractal.execute import Checkpoint, Runner, backend_class
-    from qcmb_fractal.plan import Plan, load_input
+    from qcmb_fractal.plan import make_plan
 
     if args.max_attempts < 1:
         raise InputError("--max-attempts must be at least 1.")
     backend = backend_class(args.backend).from_arguments(args)
-    plan = Plan(load_input(args.input, **_options(args)), max_tasks=args.max_tasks)
+    plan = make_plan(load_screened_input(args), max_tasks=args.max_tasks)
     output = Path(args.output) if args.output else Path.cwd() / f"{Path(args.input).stem}.result.json"
     checkpoint_path = None
     if not args.no_checkpoint:
@@ -168,6 +219,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     write_output(output, result.model_dump_json(indent=1), checkpoint=checkpoint_path)
     stats = result.extras["qcmb_fractal"]
     print(energy_table(result))
+    if "screening" in stats:
+        print("\n" + ScreeningReport.model_validate(stats["screening"]).table())
     util = f", utilization {stats['utilization']:.0%}" if stats.get("utilization") is not None else ""
     where = f"{stats['workers']} {args.backend} workers" if stats["workers"] else f"the {args.backend} backend"
     print(

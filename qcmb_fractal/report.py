@@ -15,6 +15,7 @@ from qcmanybody.models.v2 import ManyBodyResult
 
 from qcmb_fractal.errors import InputError
 from qcmb_fractal.outputs import check_output_paths
+from qcmb_fractal.plan.screening import ScreeningReport
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -103,6 +104,8 @@ def summary(result: ManyBodyResult) -> str:
             f"{stats['tasks']} calculations ({stats['computed']} computed, {stats['reused']} from checkpoint) "
             f"in {stats['wall_time']:.1f} s on the {stats['backend']} backend{util}",
         ]
+    if "screening" in stats:  # a screened expansion says so, with what it left out
+        lines += ["", ScreeningReport.model_validate(stats["screening"]).table()]
     return "\n".join(lines)
 
 

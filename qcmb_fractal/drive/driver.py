@@ -67,9 +67,18 @@ class ManyBodyDriver:
         unknown = set(self.state.tasks) - set(plan.by_hash)
         if unknown:
             raise ValueError(f"state holds {len(unknown)} tasks that are not in this plan; wrong state file?")
-        # Largest first, sorted once: next_batch runs after every finished task and only scans.
-        order = sorted(plan.tasks, key=lambda t: (-t.cost, t.hash))
-        self._largest_first = {None: order} | {lvl: [t for t in order if t.level == lvl] for lvl in plan.levels}
+        self._build_schedule()
+
+    def _build_schedule(self) -> None:
+        """Sort the plan's tasks once (again only if the plan grows): next_batch runs after every finished
+        task and only scans."""
+        order = sorted(self.plan.tasks, key=self._priority)
+        self._largest_first = {None: order} | {lvl: [t for t in order if t.level == lvl] for lvl in self.plan.levels}
+
+    @staticmethod
+    def _priority(task: FragmentTask) -> tuple:
+        """Largest first."""
+        return (-task.cost, task.hash)
 
     @classmethod
     def from_state(cls, state: DriverState, plan: Plan | None = None) -> "ManyBodyDriver":
@@ -230,8 +239,7 @@ class ManyBodyDriver:
                 out[label] = values
         return out
 
-    def finalize(self, cluster_results: Mapping[str, AtomicResult] | None = None) -> ManyBodyResult:
-        """Run QCManyBody's analysis on the collected results; exactly what its serial computer does."""
+    def _require_complete(self) -> None:
         if not self.complete:
             failures = self.failures()
             if failures:
@@ -241,6 +249,10 @@ class ManyBodyDriver:
                     failures,
                 )
             raise RuntimeError("finalize() called before every fragment calculation finished")
+
+    def finalize(self, cluster_results: Mapping[str, AtomicResult] | None = None) -> ManyBodyResult:
+        """Run QCManyBody's analysis on the collected results; exactly what its serial computer does."""
+        self._require_complete()
         props = self.component_properties()
         analysis = self.plan.core.analyze(props)
         analysis["nbody_number"] = len(props)

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from qcmanybody.models.v2 import ManyBodyResult
 from tqdm import tqdm
 
-from qcmb_fractal.drive import ComponentProperties, DriverState, ManyBodyDriver, TaskStatus
+from qcmb_fractal.drive import ComponentProperties, DriverState, TaskStatus, make_driver
 from qcmb_fractal.errors import RunFailed
 from qcmb_fractal.execute.base import Backend, TaskOutcome
 from qcmb_fractal.execute.checkpoint import Checkpoint
@@ -61,7 +61,7 @@ class Runner:
         self.plan = plan
         self.backend = backend
         self.checkpoint = checkpoint
-        self.driver = ManyBodyDriver(plan, DriverState(input=plan.input, mode=mode, max_attempts=max_attempts))
+        self.driver = make_driver(plan, DriverState(input=plan.input, mode=mode, max_attempts=max_attempts))
         self.progress = progress
         self.reused = 0
         self.failed_attempts = 0
@@ -73,15 +73,18 @@ class Runner:
     def _restore(self) -> dict[str, TaskOutcome]:
         if self.checkpoint is None:
             return {}
-        stored = self.checkpoint.load(set(self.plan.by_hash))
-        for key, outcome in stored.items():
-            assert outcome.result is not None
-            self.driver.record_result(
-                key,
-                ComponentProperties.from_atomic_result(outcome.result),
-                worker=outcome.worker,
-                wall_time=outcome.wall_time,
-            )
+        stored: dict[str, TaskOutcome] = {}
+        # A screened plan grows as restored screening results decide levels: look again for the new tasks.
+        while found := self.checkpoint.load(set(self.plan.by_hash) - set(stored)):
+            for key, outcome in found.items():
+                assert outcome.result is not None
+                self.driver.record_result(
+                    key,
+                    ComponentProperties.from_atomic_result(outcome.result),
+                    worker=outcome.worker,
+                    wall_time=outcome.wall_time,
+                )
+            stored.update(found)
         self.reused = len(stored)
         if stored:
             logger.info(
@@ -106,6 +109,12 @@ class Runner:
                 dynamic_ncols=True,
             )
         return bars
+
+    def _grow_bars(self, bars: dict[int, tqdm]) -> None:
+        for lp in self.driver.progress():
+            if bars[lp.level].total != lp.total:
+                bars[lp.level].total = lp.total
+                bars[lp.level].refresh()
 
     def _accept(self, task: FragmentTask, outcome: TaskOutcome, keep: dict[str, TaskOutcome]) -> bool:
         if outcome.success and outcome.properties is not None:
@@ -153,9 +162,12 @@ class Runner:
                         outcome = fut.result()
                     except Exception as exc:
                         outcome = TaskOutcome(hash=task.hash, success=False, error=describe_error(exc))
+                    known = len(self.plan.tasks)
                     if self._accept(task, outcome, keep):
                         bars[task.level].update(1)
                         self.level_end[task.level] = time.perf_counter()
+                    if len(self.plan.tasks) != known:  # a screened plan grew
+                        self._grow_bars(bars)
         except BaseException:
             for fut in pending:
                 fut.cancel()
@@ -178,8 +190,9 @@ class Runner:
         if keep or self.plan.input.specification.protocols.cluster_results.value == "all":
             keep.update(self._restore_all_results(keep))
         result = self.driver.finalize({k: o.result for k, o in keep.items() if o.result is not None})
-        stats = self.stats(time.perf_counter() - t0)
-        return result.model_copy(update={"extras": {**result.extras, "qcmb_fractal": stats.model_dump()}})
+        stats = self.stats(time.perf_counter() - t0).model_dump()
+        ours = {**result.extras.get("qcmb_fractal", {}), **stats}
+        return result.model_copy(update={"extras": {**result.extras, "qcmb_fractal": ours}})
 
     def _restore_all_results(self, keep: dict[str, TaskOutcome]) -> dict[str, TaskOutcome]:
         if self.checkpoint is None:

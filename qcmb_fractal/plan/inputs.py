@@ -17,6 +17,7 @@ from qcelemental.models.v2 import Molecule
 from qcmanybody.models.v2 import ManyBodyInput
 
 from qcmb_fractal.errors import InputError
+from qcmb_fractal.plan.screening import check_screening
 
 # Above this many fragments qcelemental's charge/multiplicity reconciliation explodes combinatorially
 # (measured: > 8 GB at 32 fragments), so below it we may let qcelemental reconcile what we cannot infer.
@@ -211,6 +212,7 @@ def _check_specification(inp: ManyBodyInput) -> None:
                     f"{name!r}) ignores them and would return wrong counterpoise energies. Use bsse_type "
                     f"['nocp'] with {atomic.program}, or a program that handles ghost atoms ({GHOST_AWARE_HINT})."
                 )
+    check_screening(inp)
 
 
 def manybody_input(data: dict[str, Any] | ManyBodyInput) -> ManyBodyInput:

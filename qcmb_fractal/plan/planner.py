@@ -17,7 +17,8 @@ import numpy as np
 import pydantic
 from pydantic import BaseModel, ConfigDict
 from qcelemental import periodictable
-from qcelemental.models.v2 import AtomicInput, Molecule
+from qcelemental.models.v2 import AtomicInput, AtomicSpecification, Molecule
+from qcelemental.models.v2.common_models import DriverEnum
 from qcmanybody import ManyBodyCore
 from qcmanybody.models.v2 import ManyBodyInput
 from qcmanybody.utils import labeler
@@ -25,6 +26,7 @@ from qcmanybody.v2.computer import ManyBodyComputer
 
 from qcmb_fractal.errors import InputError
 from qcmb_fractal.plan.inputs import pydantic_message
+from qcmb_fractal.plan.screening import SCREEN_MC, screening_settings
 
 HASH_VERSION = "qcmb-fractal-task-v1"
 
@@ -92,17 +94,17 @@ class FragmentBuilder:
         self.driver = inp.specification.driver
         self.specifications: dict[str, dict[str, Any]] = {}
         for name, spec in inp.specification.specification.items():
-            dumped = spec.model_dump()
-            program = dumped.pop("program")
-            dumped.pop("schema_name", None)
-            dumped["driver"] = self.driver
-            self.specifications[name] = {"program": program, "specification": dumped}
+            self.specifications[name] = _entry(spec, self.driver)
+        self._targets = list(self.specifications)
+        screening = screening_settings(inp)
+        if screening is not None:  # screening runs energies only, whatever the expansion's driver
+            self.specifications[SCREEN_MC] = _entry(screening.atomic_specification(), DriverEnum.energy)
 
     def spec_name(self, mc: str) -> str:
         if mc in self.specifications:
             return mc
-        if len(self.specifications) == 1:  # levels omitted: QCManyBody calls the sole model chemistry "(auto)"
-            return next(iter(self.specifications))
+        if len(self._targets) == 1:  # levels omitted: QCManyBody calls the sole model chemistry "(auto)"
+            return self._targets[0]
         raise InputError(f"model chemistry {mc!r} has no entry in specification.specification")
 
     def program(self, mc: str) -> str:
@@ -128,7 +130,15 @@ class FragmentBuilder:
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _fragment_digests(mol: Molecule) -> list[str]:
+def _entry(spec: AtomicSpecification, driver: DriverEnum) -> dict[str, Any]:
+    dumped = spec.model_dump()
+    program = dumped.pop("program")
+    dumped.pop("schema_name", None)
+    dumped["driver"] = driver
+    return {"program": program, "specification": dumped}
+
+
+def fragment_digests(mol: Molecule) -> list[str]:
     """Per-fragment content digests; a task hash combines them, so hashing 43k tasks stays cheap."""
     geom = np.asarray(mol.geometry).reshape(-1, 3)
     masses, real = mol.masses, mol.real  # properties rebuilt on every access: hoisted, or planning is quadratic
@@ -145,6 +155,28 @@ def _fragment_digests(mol: Molecule) -> list[str]:
         }
         digests.append(hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest())
     return digests
+
+
+def task_hash(
+    spec_digest: str, c1: bool, frag_digests: list[str], real: tuple[int, ...], basis: tuple[int, ...]
+) -> str:
+    """The identity of one calculation: model chemistry, symmetry handling, real and ghost fragments."""
+    ghost = sorted(set(basis) - set(real))
+    key = "|".join(
+        [HASH_VERSION, spec_digest, str(c1), *[frag_digests[i - 1] for i in real], "ghost"]
+        + [frag_digests[i - 1] for i in ghost]
+    )
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def qcmanybody_computer(inp: ManyBodyInput) -> ManyBodyComputer:
+    """QCManyBody's computer for ``inp`` without its tasks; its core plans and analyses, it builds the result."""
+    try:
+        return ManyBodyComputer.from_manybodyinput(inp, build_tasks=False)
+    except pydantic.ValidationError as err:
+        raise InputError(f"QCManyBody cannot plan this input:\n{pydantic_message(err)}") from None
+    except (ValueError, AssertionError) as err:
+        raise InputError(f"QCManyBody cannot plan this input: {err}") from None
 
 
 class Plan:
@@ -164,12 +196,7 @@ class Plan:
             )
         self.input = inp
         self.builder = FragmentBuilder(inp)
-        try:
-            self.computer = ManyBodyComputer.from_manybodyinput(inp, build_tasks=False)
-        except pydantic.ValidationError as err:
-            raise InputError(f"QCManyBody cannot plan this input:\n{pydantic_message(err)}") from None
-        except (ValueError, AssertionError) as err:
-            raise InputError(f"QCManyBody cannot plan this input: {err}") from None
+        self.computer = qcmanybody_computer(inp)
         self.core: ManyBodyCore = self.computer.qcmb_core
         self.tasks: list[FragmentTask] = self._enumerate()
         if not self.tasks:  # e.g. cp alone at max_nbody 1: QCManyBody returns 0.0 without computing anything
@@ -182,7 +209,7 @@ class Plan:
 
     def _enumerate(self) -> list[FragmentTask]:
         mol = self.builder.molecule
-        frag_digest = _fragment_digests(mol)
+        frag_digest = fragment_digests(mol)
         frag_z = [sum(periodictable.to_Z(mol.symbols[i]) for i in atoms) for atoms in mol.fragments]
         c1 = mol.fix_symmetry == "c1"
         by_hash: dict[str, dict[str, Any]] = {}
@@ -196,12 +223,7 @@ class Plan:
                     if label in seen_labels:
                         continue
                     seen_labels.add(label)
-                    ghost = sorted(set(basis) - set(real))
-                    key = "|".join(
-                        [HASH_VERSION, spec_digest, str(c1), *[frag_digest[i - 1] for i in real], "ghost"]
-                        + [frag_digest[i - 1] for i in ghost]
-                    )
-                    digest = hashlib.sha256(key.encode()).hexdigest()
+                    digest = task_hash(spec_digest, c1, frag_digest, tuple(real), tuple(basis))
                     if digest in by_hash:
                         by_hash[digest]["labels"].append(label)
                         continue

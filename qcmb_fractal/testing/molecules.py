@@ -130,3 +130,138 @@ def water_cluster(n: int, shift: float = 0.0) -> Molecule:
         molecular_charge=0.0,
         molecular_multiplicity=1,
     )
+
+
+# Random clusters: O–O contacts and the distances below which two molecules' atoms clash (Å).
+OO_CONTACT = (2.65, 2.95)
+FIRST_SHELL = 3.3
+HBOND_HO = (1.55, 2.35)
+CLASH = {("O", "O"): 2.5, ("H", "O"): 1.55, ("H", "H"): 1.5}
+
+
+def _random_oxygens(n: int, rng: np.random.Generator, tries: int = 48) -> np.ndarray:
+    """Oxygens grown one at a time at a hydrogen-bond distance from one already placed, each at the best of
+    ``tries`` random spots: the most neighbours, nearest the centre, but never more than four neighbours
+    within 3.3 Å for any oxygen (liquid water's first shell), so the cluster is compact and not overpacked."""
+    oxygens = [np.zeros(3)]
+    while len(oxygens) < n:
+        placed = np.array(oxygens)
+        centre = placed.mean(axis=0)
+        shell = (np.linalg.norm(placed[:, None] - placed[None], axis=-1) < FIRST_SHELL).sum(axis=1) - 1
+        best, best_score = None, -np.inf
+        for _ in range(tries):
+            anchor = rng.integers(len(placed))
+            if shell[anchor] >= 4:
+                continue
+            direction = rng.normal(size=3)
+            spot = placed[anchor] + rng.uniform(*OO_CONTACT) * direction / np.linalg.norm(direction)
+            dist = np.linalg.norm(placed - spot, axis=1)
+            near = dist < FIRST_SHELL
+            if dist.min() < OO_CONTACT[0] or np.count_nonzero(near) > 4 or np.any(shell[near] >= 4):
+                continue
+            score = np.count_nonzero(near) - 0.1 * float(np.linalg.norm(spot - centre))
+            if score > best_score:
+                best, best_score = spot, score
+        if best is not None:
+            oxygens.append(best)
+    return np.array(oxygens)
+
+
+def _unit_perp(axis: np.ndarray, phi: float) -> np.ndarray:
+    """The unit vector perpendicular to ``axis`` at angle ``phi`` around it."""
+    p = _perpendicular(axis)
+    return math.cos(phi) * p + math.sin(phi) * np.cross(axis, p)
+
+
+def _second(axis: np.ndarray, phi: float) -> np.ndarray:
+    """The second O–H direction, 104.52° from ``axis``, turned by ``phi`` around it."""
+    return math.cos(HOH_ANGLE) * axis + math.sin(HOH_ANGLE) * _unit_perp(axis, phi)
+
+
+def _rotations(rng: np.random.Generator, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Random pairs of O–H directions 104.52° apart."""
+    out = []
+    for _ in range(count):
+        a = rng.normal(size=3)
+        a /= np.linalg.norm(a)
+        out.append((a, _second(a, rng.uniform(0, 2 * math.pi))))
+    return out
+
+
+def _toward(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """O–H directions 104.52° apart that point as nearly as they can along unit vectors ``a`` and ``b``."""
+    bisector = a + b
+    bisector /= np.linalg.norm(bisector)
+    in_plane = a - b
+    in_plane -= bisector * float(in_plane @ bisector)
+    in_plane /= np.linalg.norm(in_plane)
+    half = HOH_ANGLE / 2
+    return (
+        math.cos(half) * bisector + math.sin(half) * in_plane,
+        math.cos(half) * bisector - math.sin(half) * in_plane,
+    )
+
+
+def random_water_cluster_xyz(n: int, seed: int) -> list[tuple[str, np.ndarray]]:
+    """Atoms (symbol, position in Å) of a random n-water cluster, reproducible from ``seed``.
+
+    Oxygens grow compactly at 2.65–2.95 Å from a neighbour; then each water, in random order, takes the
+    orientation that donates the most hydrogen bonds (H···O 1.55–2.35 Å, O–H···O ≥ 140°) to oxygens that
+    accept fewer than two, without clashing with any atom placed so far; raises if a clash remains.
+    """
+    if n < 1:
+        raise ValueError("a water cluster needs at least one water")
+    rng = np.random.default_rng(seed)
+    oxygens = _random_oxygens(n, rng)
+    hydrogens: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    accepted = [0] * n
+    for i in rng.permutation(n):
+        o = oxygens[i]
+        near = [j for j in range(n) if j != i and np.linalg.norm(oxygens[j] - o) < FIRST_SHELL and accepted[j] < 2]
+        units = {j: (oxygens[j] - o) / np.linalg.norm(oxygens[j] - o) for j in near}
+        options = [_toward(units[j], units[k]) for j, k in itertools.combinations(near, 2)]
+        options += [(units[j], _second(units[j], phi)) for j in near for phi in np.linspace(0, 2 * math.pi, 12, False)]
+        options += _rotations(rng, 32)
+        others = np.array([oxygens[k] for k in range(n) if k != i] + [h for pair in hydrogens.values() for h in pair])
+        limits = np.array([CLASH[("H", "O")]] * (n - 1) + [CLASH[("H", "H")]] * (2 * len(hydrogens)))
+        best, best_score, best_bonds = None, -np.inf, []
+        for u1, u2 in options:
+            h1, h2 = o + OH_BOND * u1, o + OH_BOND * u2
+            gap = float((np.linalg.norm(others[None] - np.array([h1, h2])[:, None], axis=-1) - limits).min())
+            if gap < 0:
+                continue
+            bonds = [j for j in near for h, u in ((h1, u1), (h2, u2)) if _hbond(o, h, oxygens[j])]
+            score = 10 * len(set(bonds)) + min(gap, 0.5)
+            if score > best_score:
+                best, best_score, best_bonds = (h1, h2), score, bonds
+        if best is None:
+            raise RuntimeError(f"no clash-free orientation for water {i} of {n} (seed {seed}); try another seed")
+        hydrogens[i] = best
+        for j in set(best_bonds):
+            accepted[j] += 1
+    atoms: list[tuple[str, np.ndarray]] = []
+    for i in range(n):
+        atoms += [("O", oxygens[i]), ("H", hydrogens[i][0]), ("H", hydrogens[i][1])]
+    return atoms
+
+
+def _hbond(o: np.ndarray, h: np.ndarray, acceptor: np.ndarray) -> bool:
+    ho = float(np.linalg.norm(acceptor - h))
+    if not HBOND_HO[0] <= ho <= HBOND_HO[1]:
+        return False
+    oh, ha = h - o, acceptor - h
+    return float(oh @ ha) / (np.linalg.norm(oh) * np.linalg.norm(ha)) >= math.cos(math.radians(40))
+
+
+def random_water_cluster(n: int, seed: int) -> Molecule:
+    """A random n-water cluster (see :func:`random_water_cluster_xyz`) as a QCSchema v2 molecule."""
+    atoms = random_water_cluster_xyz(n, seed)
+    return Molecule(
+        symbols=[s for s, _ in atoms],
+        geometry=np.array([p for _, p in atoms]).ravel() * ANGSTROM_TO_BOHR,
+        fragments=[[3 * i, 3 * i + 1, 3 * i + 2] for i in range(n)],
+        fragment_charges=[0.0] * n,
+        fragment_multiplicities=[1] * n,
+        molecular_charge=0.0,
+        molecular_multiplicity=1,
+    )

@@ -129,7 +129,7 @@ class LocalBackend(Backend):
             raise InputError(f"cannot create scratch files under {parent}: {err.strerror}.") from None
 
     def start(self, plan: Plan) -> None:
-        programs = {s.program.lower() for s in plan.input.specification.specification.values()}
+        programs = {entry["program"].lower() for entry in plan.builder.specifications.values()}
         missing = sorted(programs - set(installed_programs()))
         if missing:
             raise InputError(

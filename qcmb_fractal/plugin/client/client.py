@@ -15,6 +15,8 @@ from qcportal.molecules import Molecule
 from qcportal.record_models import PriorityEnum, RecordQueryIterator, RecordStatusEnum
 from qcportal.utils import make_list
 
+from qcmb_fractal.errors import InputError
+from qcmb_fractal.plan.screening import ScreeningSettings
 from qcmb_fractal.plugin import RECORD_TYPE
 from qcmb_fractal.plugin.client.errors import plugin_errors
 from qcmb_fractal.plugin.client.record_models import (
@@ -50,8 +52,23 @@ def simple_specification(
     keywords: dict[str, Any] | None = None,
     mode: Literal["levels", "eager"] = "eager",
     max_attempts: int = 3,
+    screen: str | None = None,
+    screen_threshold: float | None = None,
+    screen_distance: float | None = None,
+    screen_contact: float | None = None,
 ) -> QCMBSpecification:
-    """A single-model-chemistry specification, the common case, without writing QCManyBody's schema by hand."""
+    """A single-model-chemistry specification, the common case, without writing QCManyBody's schema by hand.
+
+    ``screen="xtb/gfn1-xtb"`` (PROGRAM/METHOD[/BASIS]) screens the expansion with that model chemistry,
+    keeping candidates whose increment is at least ``screen_threshold`` kcal/mol (docs/screening.md).
+    """
+    options = {"threshold": screen_threshold, "distance": screen_distance, "contact": screen_contact}
+    options = {k: v for k, v in options.items() if v is not None}
+    screening = None
+    if screen is not None:
+        screening = ScreeningSettings.from_model_string(screen, **options)
+    elif options:
+        raise InputError("screen_threshold, _distance and _contact need screen='PROGRAM/METHOD', e.g. 'xtb/gfn1-xtb'.")
     name = f"{program}-{method}" + (f"/{basis}" if basis else "")
     return QCMBSpecification(
         manybody={
@@ -68,6 +85,7 @@ def simple_specification(
         },
         mode=mode,
         max_attempts=max_attempts,
+        screening=screening,
     )
 
 

@@ -2,12 +2,13 @@
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from qcmanybody.models.v2 import ManyBodyResult
 from qcportal.base_models import RestModelBase
 from qcportal.molecules import Molecule
 from qcportal.record_models import BaseRecord, RecordAddBodyBase, RecordQueryFilters
 
+from qcmb_fractal.plan.screening import EXTRAS_KEY, ScreeningSettings
 from qcmb_fractal.plugin import PROGRAM, RECORD_TYPE
 from qcmb_fractal.plugin.client.errors import plugin_errors
 
@@ -17,6 +18,8 @@ class QCMBSpecification(BaseModel):
 
     ``manybody`` is kept as QCManyBody's own schema (driver, keywords incl. bsse_type/levels/
     supersystem_ie_only, and the model chemistries) so nothing of it is lost in translation.
+    ``screening`` asks for an energy-screened expansion (docs/screening.md); given instead in
+    ``manybody.extras.qcmb_fractal.screening`` it is moved here, so one expansion has one specification.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -25,6 +28,23 @@ class QCMBSpecification(BaseModel):
     manybody: dict[str, Any]
     mode: Literal["levels", "eager"] = "eager"
     max_attempts: int = Field(3, ge=1, le=20)
+    screening: ScreeningSettings | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _screening_in_one_place(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("manybody"), dict):
+            return data
+        extras = data["manybody"].get("extras") or {}
+        ours = extras.get(EXTRAS_KEY) if isinstance(extras, dict) else None
+        if not isinstance(ours, dict) or "screening" not in ours:
+            return data
+        if data.get("screening") is not None:
+            raise ValueError("screening is given twice (screening and manybody.extras.qcmb_fractal.screening)")
+        rest = {k: v for k, v in ours.items() if k != "screening"}
+        extras = {k: v for k, v in extras.items() if k != EXTRAS_KEY} | ({EXTRAS_KEY: rest} if rest else {})
+        manybody = {k: v for k, v in data["manybody"].items() if k != "extras"} | ({"extras": extras} if extras else {})
+        return {**data, "manybody": manybody, "screening": ours["screening"]}
 
 
 class QCMBInput(RestModelBase):

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import tabulate
+from qcelemental.models.v2.common_models import DriverEnum
 from qcfractal.components.base_record_socket import BaseRecordSocket
 from qcfractal.components.molecules.db_models import MoleculeORM
 from qcfractal.components.outputstore.utils import create_output_orm
@@ -38,12 +39,13 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, joinedload, selectinload, undefer
 
 import qcmb_fractal
-from qcmb_fractal.drive.driver import ManyBodyDriver
+from qcmb_fractal.drive import ManyBodyDriver, driver_from_state, make_driver
 from qcmb_fractal.drive.state import ComponentProperties, DriverState, TaskStatus
 from qcmb_fractal.errors import InputError
-from qcmb_fractal.plan import FragmentTask, Plan
+from qcmb_fractal.plan import FragmentTask, Plan, make_plan
 from qcmb_fractal.plan.inputs import manybody_input
 from qcmb_fractal.plan.planner import estimate_task_count
+from qcmb_fractal.plan.screening import EXTRAS_KEY
 from qcmb_fractal.plugin import RECORD_TYPE
 from qcmb_fractal.plugin.client.record_models import (
     QCMBInput,
@@ -79,8 +81,16 @@ class ServiceStopped(Exception):
 
 
 def validated_input(molecule: Molecule, spec: QCMBSpecification):
-    """The qcmanybody ManyBodyInput for a stored molecule and specification; InputError if it cannot run."""
-    return manybody_input({"molecule": molecule.convert_v(2).model_dump(), "specification": spec.manybody})
+    """The qcmanybody ManyBodyInput for a stored molecule and specification; InputError if it cannot run.
+
+    Screening settings travel inside the input, where the driver, the plan and the result look for them.
+    """
+    manybody = spec.manybody
+    if spec.screening is not None:
+        extras = dict(manybody.get("extras") or {})
+        extras[EXTRAS_KEY] = {**(extras.get(EXTRAS_KEY) or {}), "screening": spec.screening.model_dump(mode="json")}
+        manybody = {**manybody, "extras": extras}
+    return manybody_input({"molecule": molecule.convert_v(2).model_dump(), "specification": manybody})
 
 
 def validated_plan(molecule: Molecule, spec: QCMBSpecification, max_children: int) -> Plan:
@@ -100,7 +110,7 @@ def validated_plan(molecule: Molecule, spec: QCMBSpecification, max_children: in
             "configuration). Lower max_nbody, split the cluster into smaller records, or ask the server's operator "
             "to raise the limit."
         )
-    return Plan(inp, max_tasks=max_children)
+    return make_plan(inp, max_tasks=max_children)
 
 
 def specification_hash(spec: QCMBSpecification) -> str:
@@ -129,6 +139,23 @@ def component_properties(props: dict[str, Any], driver: str) -> ComponentPropert
             n = round(flat.size**0.5)
             values[name] = flat.reshape(n, n).tolist()
     return ComponentProperties(**values)
+
+
+def _task_driver(driver: ManyBodyDriver, task: FragmentTask) -> str:
+    """What a calculation computes: the expansion's driver, or an energy for a screening calculation."""
+    builder = driver.plan.builder
+    return DriverEnum(builder.specifications[builder.spec_name(task.mc)]["specification"]["driver"]).value
+
+
+def _cluster_row(task: FragmentTask) -> QCMBClusterORM:
+    return QCMBClusterORM(
+        task_hash=task.hash,
+        mc_level=task.mc,
+        level=task.level,
+        fragments=list(task.real),
+        basis=list(task.basis),
+        labels=list(task.labels),
+    )
 
 
 def singlepoint_error(record: BaseRecordORM) -> str:
@@ -178,7 +205,7 @@ class QCMBManyBodyRecordSocket(BaseRecordSocket):
     @staticmethod
     def _driver(service_orm: ServiceQueueORM) -> ManyBodyDriver:
         state = DriverState.model_validate(service_orm.service_state["driver"])
-        return ManyBodyDriver.from_state(state)
+        return driver_from_state(state)
 
     @staticmethod
     def _save(service_orm: ServiceQueueORM, driver: ManyBodyDriver) -> None:
@@ -189,19 +216,8 @@ class QCMBManyBodyRecordSocket(BaseRecordSocket):
         rec: QCMBManyBodyRecordORM = service_orm.record
         spec = QCMBSpecification(**rec.specification)
         plan = validated_plan(rec.initial_molecule.to_model(Molecule), spec, self.max_children)
-        driver = ManyBodyDriver(plan, mode=spec.mode, max_attempts=spec.max_attempts)
-
-        rec.clusters = [
-            QCMBClusterORM(
-                task_hash=t.hash,
-                mc_level=t.mc,
-                level=t.level,
-                fragments=list(t.real),
-                basis=list(t.basis),
-                labels=list(t.labels),
-            )
-            for t in plan.tasks
-        ]
+        driver = make_driver(plan, mode=spec.mode, max_attempts=spec.max_attempts)
+        rec.clusters = [_cluster_row(t) for t in plan.tasks]
         self._save(service_orm, driver)
 
         output = f"\n\nqcmb-fractal {qcmb_fractal.__version__} many-body service ({spec.mode} mode, "
@@ -314,7 +330,7 @@ class QCMBManyBodyRecordSocket(BaseRecordSocket):
             if child.status == RecordStatusEnum.complete:
                 driver.record_result(
                     key,
-                    component_properties(child.properties or {}, driver.plan.input.specification.driver.value),
+                    component_properties(child.properties or {}, _task_driver(driver, driver.plan.by_hash[key])),
                     worker=child.manager_name,
                     reference=str(child.id),
                 )
@@ -346,6 +362,10 @@ class QCMBManyBodyRecordSocket(BaseRecordSocket):
             return []
         builder = driver.plan.builder
         clusters = {c.task_hash: c for c in rec.clusters}
+        for t in tasks:  # a screened plan grows: its new calculations get their cluster rows when first submitted
+            if t.hash not in clusters:
+                clusters[t.hash] = _cluster_row(t)
+                rec.clusters.append(clusters[t.hash])
         by_spec: dict[str, list[FragmentTask]] = {}
         for t in tasks:
             by_spec.setdefault(builder.spec_name(t.mc), []).append(t)
@@ -357,7 +377,7 @@ class QCMBManyBodyRecordSocket(BaseRecordSocket):
             atomic = entry["specification"]
             qc_spec = QCSpecification(
                 program=entry["program"],
-                driver=driver.plan.input.specification.driver.value,
+                driver=_task_driver(driver, group[0]),
                 method=atomic["model"]["method"],
                 basis=atomic["model"].get("basis"),
                 keywords=atomic.get("keywords") or {},
@@ -461,9 +481,8 @@ class QCMBManyBodyRecordSocket(BaseRecordSocket):
         properties["return_result"] = rec.result["return_result"]
         rec.properties = properties
         attempts = sum(r.attempts for r in driver.state.tasks.values())
-        rec.extras = {
-            "qcmb_fractal": {"mode": driver.state.mode, "tasks": len(driver.plan.tasks), "failed_attempts": attempts}
-        }
+        ours = {"mode": driver.state.mode, "tasks": len(driver.plan.tasks), "failed_attempts": attempts}
+        rec.extras = {"qcmb_fractal": {**result.extras.get("qcmb_fractal", {}), **ours}}
         append_output(session, rec, OutputTypeEnum.stdout, "\n" + (result.stdout or "") + "\n")
 
     ############################################
