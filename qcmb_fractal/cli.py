@@ -30,10 +30,11 @@ EXIT_FAILED = 3
 EXIT_INTERRUPTED = 130
 
 
-def _input_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "input", help="ManyBodyInput (.json/.yaml, QCSchema v2) or a plain molecule file ('--' between fragments)"
-    )
+def _input_arguments(p: argparse.ArgumentParser, *, many: bool = False) -> None:
+    what = "ManyBodyInput (.json/.yaml, QCSchema v2) or a plain molecule file ('--' between fragments)"
+    if many:
+        what += "; several files or a directory run as one campaign on one pool (docs/campaigns.md)"
+    p.add_argument("input", nargs="+" if many else None, help=what)
     g = p.add_argument_group("for plain molecule files")
     g.add_argument("--program", help="QCEngine program, e.g. nwchem or xtb")
     g.add_argument("--method", help="e.g. hf, mp2, gfn2-xtb")
@@ -87,7 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="print the counts as JSON")
 
     run = sub.add_parser("run", help="run a many-body expansion")
-    _input_arguments(run)
+    _input_arguments(run, many=True)
+    run.add_argument(
+        "--summary",
+        help="campaign: CSV of every input's total and interaction energies (default: campaign-summary.csv here)",
+    )
     run.add_argument("--backend", default="local", choices=backend_modules(), help="where calculations run")
     run.add_argument("-o", "--output", help="result JSON (default: INPUT-STEM.result.json in this directory)")
     run.add_argument("--checkpoint", help="SQLite file of finished calculations (default: next to the output)")
@@ -182,9 +187,13 @@ def _interrupt(signum: int, _frame: object) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from qcmb_fractal.cli_campaign import is_campaign, run_campaign
     from qcmb_fractal.execute import Checkpoint, Runner, backend_class
     from qcmb_fractal.plan import make_plan
 
+    if is_campaign(args):
+        return run_campaign(args)
+    args.input = args.input[0]
     if args.max_attempts < 1:
         raise InputError("--max-attempts must be at least 1.")
     backend = backend_class(args.backend).from_arguments(args)

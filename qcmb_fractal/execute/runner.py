@@ -179,6 +179,10 @@ class Runner:
         finally:
             for bar in bars.values():
                 bar.close()
+        return self.finish(keep, time.perf_counter() - t0)
+
+    def finish(self, keep: dict[str, TaskOutcome], wall: float) -> ManyBodyResult:
+        """The result once the driver is finished (a campaign calls this per input); RunFailed if tasks failed."""
         if self.driver.failed:
             failures = self.driver.failures()
             where = f" Finished results are kept in {self.checkpoint.path};" if self.checkpoint else ""
@@ -190,7 +194,7 @@ class Runner:
         if keep or self.plan.input.specification.protocols.cluster_results.value == "all":
             keep.update(self._restore_all_results(keep))
         result = self.driver.finalize({k: o.result for k, o in keep.items() if o.result is not None})
-        stats = self.stats(time.perf_counter() - t0).model_dump()
+        stats = self.stats(wall).model_dump()
         ours = {**result.extras.get("qcmb_fractal", {}), **stats}
         return result.model_copy(update={"extras": {**result.extras, "qcmb_fractal": ours}})
 

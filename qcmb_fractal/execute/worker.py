@@ -1,20 +1,22 @@
 """What runs inside a compute process (a local pool worker or an MPI rank).
 
-A worker is set up once per run: it receives the ManyBodyInput, builds its own fragment molecules, and
-pays QCEngine's start-up (~1 s CPU probe) once instead of per task.
+A worker is set up once per run: it receives the ManyBodyInput (a campaign's workers every input, by key),
+builds its own fragment molecules, and pays QCEngine's start-up (~1 s CPU probe) once instead of per task.
 """
 
+import json
 import logging
 import os
 import time
 import traceback
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 from qcmb_fractal.drive.state import ComponentProperties
 from qcmb_fractal.execute.base import TaskOutcome
 from qcmb_fractal.logs import LogSettings, configure_logging, current_log_settings
-from qcmb_fractal.plan import FragmentBuilder, FragmentTask
+from qcmb_fractal.plan import FragmentBuilder, FragmentTask, Plan
 from qcmb_fractal.plan.inputs import manybody_input
 
 logger = logging.getLogger(__name__)
@@ -24,6 +26,7 @@ class WorkerConfig(BaseModel):
     """Everything a compute process needs, sent once when it starts."""
 
     input_json: str
+    sources: dict[str, str] = Field(default_factory=dict)  # a campaign's inputs' JSON by SourcedTask.source
     ncores: int = 1
     memory: float | None = None  # GiB per task, QCEngine's unit
     scratch_directory: str | None = None
@@ -32,8 +35,30 @@ class WorkerConfig(BaseModel):
     log: LogSettings | None = Field(default_factory=current_log_settings)  # the CLI's, when it set them
 
 
+class SourcedTask(FragmentTask):
+    """A campaign's task: ``source`` names the input in ``WorkerConfig.sources`` whose molecule it is built from."""
+
+    source: str
+
+
 _BUILDER: FragmentBuilder | None = None
 _CONFIG: WorkerConfig | None = None
+_SOURCES: dict[str, FragmentBuilder] = {}
+
+
+def shipped_inputs(plan: Plan) -> dict[str, Any]:
+    """WorkerConfig's input fields for ``plan``: its input and, for a campaign's plan, every input by key."""
+    return {"input_json": plan.input.model_dump_json(), "sources": dict(getattr(plan, "sources", {}))}
+
+
+def _builder(task: FragmentTask) -> FragmentBuilder:
+    """The builder of the task's input; a campaign's are built on first use, as a worker may never see some."""
+    assert _BUILDER is not None and _CONFIG is not None
+    if not isinstance(task, SourcedTask):
+        return _BUILDER
+    if task.source not in _SOURCES:
+        _SOURCES[task.source] = FragmentBuilder(manybody_input(json.loads(_CONFIG.sources[task.source])))
+    return _SOURCES[task.source]
 
 
 def limit_threads(ncores: int) -> None:
@@ -53,7 +78,8 @@ def init_worker(config: WorkerConfig) -> None:
     multiprocessing.current_process().name = config.name
     configure_logging(config.log or LogSettings(level=config.log_level))
     _CONFIG = config
-    _BUILDER = FragmentBuilder(manybody_input(__import__("json").loads(config.input_json)))
+    _BUILDER = FragmentBuilder(manybody_input(json.loads(config.input_json)))
+    _SOURCES.clear()
     qcengine.get_config(task_config=task_config(config))
     logger.debug("%s ready (%d cores, %s GiB per task)", config.name, config.ncores, config.memory)
 
@@ -76,7 +102,7 @@ def run_fragment(task: FragmentTask) -> TaskOutcome:
     start = time.perf_counter()
     name = _CONFIG.name
     try:
-        atomic = _BUILDER.atomic_input(task)
+        atomic = _builder(task).atomic_input(task)
         result = qcengine.compute(atomic, task.program, raise_error=False, task_config=task_config(_CONFIG))
     except Exception:  # a harness bug must become a reported failure, not a dead worker
         return TaskOutcome(

@@ -25,7 +25,7 @@ from pebble import ProcessExpired, ProcessPool
 from qcmb_fractal.errors import InputError
 from qcmb_fractal.execute.base import Backend, add_option
 from qcmb_fractal.execute.resources import Resources, apply_worker_limits, check_disk, select_resources
-from qcmb_fractal.execute.worker import WorkerConfig, init_worker, run_fragment
+from qcmb_fractal.execute.worker import WorkerConfig, init_worker, run_fragment, shipped_inputs
 from qcmb_fractal.plan import FragmentTask, Plan
 from qcmb_fractal.plan.inputs import installed_programs
 
@@ -145,14 +145,13 @@ class LocalBackend(Backend):
             res.memory,
             self.scratch_dir,
         )
-        input_json = plan.input.model_dump_json()
         self.pool = ProcessPool(
             max_workers=res.workers,
             context=multiprocessing.get_context("spawn"),
             initializer=_init_named_worker,
             initargs=(
                 WorkerConfig(
-                    input_json=input_json,
+                    **shipped_inputs(plan),
                     ncores=res.ncores,
                     memory=res.memory,
                     scratch_directory=str(self.scratch_dir),

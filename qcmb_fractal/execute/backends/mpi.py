@@ -44,7 +44,7 @@ from qcmb_fractal.execute.backends.local import scratch_prefix, sweep_stale_scra
 from qcmb_fractal.execute.base import Backend, TaskOutcome, add_option
 from qcmb_fractal.execute.resources import select_resources
 from qcmb_fractal.execute.runner import describe_error
-from qcmb_fractal.execute.worker import WorkerConfig, init_worker, run_fragment
+from qcmb_fractal.execute.worker import WorkerConfig, init_worker, run_fragment, shipped_inputs
 from qcmb_fractal.plan import FragmentTask, Plan
 
 logger = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ class StartMessage(BaseModel):
     """Rank 0's run settings; each worker rank turns them into its own resources."""
 
     input_json: str
+    sources: dict[str, str] = {}
     memory: float | None = None
     cores_per_task: int | None = None
     scratch: str | None = None
@@ -211,7 +212,7 @@ class MPIBackend(Backend):
             raise RuntimeError("MPIBackend.start() was already called")
         select_resources(1, self.memory, self.cores_per_task)  # refuse impossible values before the workers do
         message = StartMessage(
-            input_json=plan.input.model_dump_json(),
+            **shipped_inputs(plan),
             memory=self.memory,
             cores_per_task=self.cores_per_task,
             scratch=self.scratch,
@@ -578,6 +579,7 @@ class _WorkerRank:
         self.scratch_dir = Path(tempfile.mkdtemp(prefix=scratch_prefix(), dir=parent))
         config = WorkerConfig(
             input_json=start.input_json,
+            sources=start.sources,
             ncores=res.ncores,
             memory=res.memory,
             scratch_directory=str(self.scratch_dir),

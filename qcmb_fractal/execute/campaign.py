@@ -1,0 +1,280 @@
+"""Many inputs on one warm pool: one driver and one checkpoint per input, one queue, largest calculations first.
+
+A campaign keeps a :class:`Runner` per input (its driver, checkpoint and statistics, exactly as a single run
+has them) and merges what their drivers hand out into one queue ordered across all inputs, so the pool is
+started once and the biggest calculations of the whole campaign start first. Workers learn every input once,
+when they start (:class:`CampaignPlan`), and build each :class:`SourcedTask` from its own input.
+"""
+
+import csv
+import heapq
+import io
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from qcelemental import constants
+from qcelemental.models.v2 import AtomicInput
+from qcmanybody.models.v2 import ManyBodyResult
+from tqdm import tqdm
+
+from qcmb_fractal.drive import TaskStatus
+from qcmb_fractal.errors import RunFailed
+from qcmb_fractal.execute.base import Backend, TaskOutcome
+from qcmb_fractal.execute.checkpoint import Checkpoint
+from qcmb_fractal.execute.runner import Runner, describe_error
+from qcmb_fractal.execute.worker import SourcedTask
+from qcmb_fractal.plan import FragmentTask, Plan
+from qcmb_fractal.plan.screening import SCREEN_MC
+from qcmb_fractal.report import bsse_types, levels
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_COLUMNS = (
+    "input",
+    "status",
+    "bsse_type",
+    "nbody",
+    "total_energy_eh",
+    "interaction_energy_eh",
+    "interaction_energy_kcal_mol",
+    "result_file",
+    "error",
+)
+
+
+class CampaignBuilder:
+    """The part of a plan's builder a backend reads (model chemistries, AtomicInputs), over every input."""
+
+    def __init__(self, plans: Mapping[str, Plan]) -> None:
+        self.plans = plans
+        self.specifications = {
+            f"{key}/{mc}": entry for key, plan in plans.items() for mc, entry in plan.builder.specifications.items()
+        }
+
+    def atomic_input(self, task: FragmentTask) -> AtomicInput:
+        if not isinstance(task, SourcedTask):
+            raise TypeError(f"campaign task {task.label} does not say which input it belongs to")
+        return self.plans[task.source].atomic_input(task)
+
+
+class CampaignPlan:
+    """What ``Backend.start`` reads of a plan, for a whole campaign: ``input`` (the first one, the workers'
+    default), ``sources`` (every input's JSON by key, shipped to each worker once) and the builder."""
+
+    def __init__(self, plans: Mapping[str, Plan]) -> None:
+        if not plans:
+            raise ValueError("a campaign needs at least one input")
+        self.plans = dict(plans)
+        self.input = next(iter(self.plans.values())).input
+        self.sources = {key: plan.input.model_dump_json() for key, plan in self.plans.items()}
+        self.builder = CampaignBuilder(self.plans)
+
+    @property
+    def tasks(self) -> list[FragmentTask]:
+        return [t for plan in self.plans.values() for t in plan.tasks]
+
+    def atomic_input(self, task: FragmentTask) -> AtomicInput:
+        return self.builder.atomic_input(task)
+
+
+@dataclass
+class Member:
+    """One input of a campaign: its plan and where its result and checkpoint go."""
+
+    name: str
+    plan: Plan
+    output: Path
+    checkpoint: Checkpoint | None = None
+
+
+@dataclass
+class MemberOutcome:
+    """How one input ended: its result, or why there is none."""
+
+    name: str
+    output: Path | None = None
+    result: ManyBodyResult | None = None
+    error: str | None = None
+    status: Literal["ok", "failed", "bad input"] = "ok"
+
+
+def _priority(task: FragmentTask) -> tuple:
+    """Across inputs: screening first (it unlocks the next level), then largest first, as within one input."""
+    return (task.mc != SCREEN_MC, -task.cost)
+
+
+class Campaign:
+    """Runs every member's expansion on one backend; ``on_finished`` hears of each input as soon as it ends,
+    so its result is written while the others still run."""
+
+    def __init__(
+        self,
+        members: Iterable[Member],
+        backend: Backend,
+        *,
+        mode: Literal["levels", "eager"] = "eager",
+        max_attempts: int = 3,
+        progress: bool | None = None,
+        on_finished: Callable[[Member, ManyBodyResult | None, RunFailed | None], None] | None = None,
+    ) -> None:
+        self.members = {str(i): m for i, m in enumerate(members)}
+        self.backend = backend
+        self.progress = progress
+        self.on_finished = on_finished
+        self.runners = {
+            key: Runner(m.plan, backend, checkpoint=m.checkpoint, mode=mode, max_attempts=max_attempts, progress=False)
+            for key, m in self.members.items()
+        }
+        self.results: dict[str, ManyBodyResult] = {}
+        self.failures: dict[str, RunFailed] = {}
+        self._buffers: dict[str, deque[FragmentTask]] = {key: deque() for key in self.runners}
+        self._heap: list[tuple[tuple, int, str]] = []
+        self._seq = 0
+
+    def _total(self) -> int:
+        return sum(len(r.plan.tasks) for r in self.runners.values())
+
+    def _refill(self, key: str, limit: int | None) -> None:
+        """Take the input's next tasks from its driver (they are marked running) and queue the first of them."""
+        buffer = self._buffers[key]
+        if not buffer:
+            buffer.extend(self.runners[key].driver.next_batch(limit=limit))
+            if buffer:
+                self._seq += 1
+                heapq.heappush(self._heap, (_priority(buffer[0]), self._seq, key))
+
+    def _take(self, room: int | None) -> list[tuple[str, FragmentTask]]:
+        """Up to ``room`` tasks, largest first across all inputs (a k-way merge of the drivers' own orders)."""
+        batch: list[tuple[str, FragmentTask]] = []
+        while self._heap and (room is None or len(batch) < room):
+            _, _, key = heapq.heappop(self._heap)
+            buffer = self._buffers[key]
+            batch.append((key, buffer.popleft()))
+            if buffer:
+                self._seq += 1
+                heapq.heappush(self._heap, (_priority(buffer[0]), self._seq, key))
+            else:
+                self._refill(key, 1 if room is not None else None)
+        return batch
+
+    def _finish(self, key: str, keep: dict[str, TaskOutcome], t0: float) -> None:
+        member, runner = self.members[key], self.runners[key]
+        try:
+            result = runner.finish(keep, time.perf_counter() - t0)
+        except RunFailed as err:
+            self.failures[key] = err
+            if self.on_finished is not None:
+                self.on_finished(member, None, err)
+            return
+        self.results[key] = result
+        if self.on_finished is not None:
+            self.on_finished(member, result, None)
+
+    def run(self) -> None:
+        """Run to the end; each input's result or failure goes to ``on_finished`` (and ``results``/``failures``)."""
+        t0 = time.perf_counter()
+        keeps = {key: runner._restore() for key, runner in self.runners.items()}
+        bar = tqdm(
+            total=self._total(),
+            initial=sum(r.reused for r in self.runners.values()),
+            desc=f"{len(self.runners)} inputs",
+            unit="calc",
+            disable=None if self.progress is None else not self.progress,
+            dynamic_ncols=True,
+        )
+        pending: dict[Future, tuple[str, FragmentTask]] = {}
+        open_keys = set(self.runners)
+        dirty = set(self.runners)
+        self.backend.start(CampaignPlan({key: r.plan for key, r in self.runners.items()}))
+        try:
+            while True:
+                capacity = self.backend.capacity
+                room = None if capacity is None else max(0, capacity - len(pending))
+                for key in sorted(dirty & open_keys, key=int):
+                    if self._buffers[key]:
+                        continue
+                    if self.runners[key].driver.finished:
+                        open_keys.discard(key)
+                        self._finish(key, keeps[key], t0)
+                    else:
+                        self._refill(key, None if room is None else max(1, room))
+                dirty.clear()
+                batch = self._take(room) if room != 0 else []
+                for key, task in batch:
+                    self.runners[key].level_start.setdefault(task.level, time.perf_counter())
+                tagged = [SourcedTask(**task.model_dump(), source=key) for key, task in batch]
+                for fut, item in zip(self.backend.submit_many(tagged), batch, strict=True):
+                    pending[fut] = item
+                if not pending:
+                    break
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                known = self._total()
+                for fut in done:
+                    key, task = pending.pop(fut)
+                    try:
+                        outcome = fut.result()
+                    except Exception as exc:
+                        outcome = TaskOutcome(hash=task.hash, success=False, error=describe_error(exc))
+                    runner = self.runners[key]
+                    if runner._accept(task, outcome, keeps[key]):
+                        bar.update(1)
+                        runner.level_end[task.level] = time.perf_counter()
+                    dirty.add(key)
+                if self._total() != known:  # a screened plan grew
+                    bar.total = self._total()
+                    bar.refresh()
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            # tasks handed out but not yet submitted, or submitted when it happened, go back unrun
+            for runner in self.runners.values():
+                for key, rec in list(runner.driver.state.tasks.items()):
+                    if rec.status is TaskStatus.running:
+                        runner.driver.release(key)
+            raise
+        finally:
+            bar.close()
+        for key in sorted(open_keys, key=int):  # nothing left to run: they are finished or stuck
+            self._finish(key, keeps[key], t0)
+
+
+def summary_rows(outcomes: Iterable[MemberOutcome]) -> list[dict[str, Any]]:
+    """One row per input, BSSE treatment and n-body level; a failed or bad input gets one row saying why."""
+    rows: list[dict[str, Any]] = []
+    for o in outcomes:
+        base = {"input": o.name, "status": o.status, "result_file": str(o.output) if o.output else ""}
+        if o.result is None:
+            rows.append({**base, "error": (o.error or "").splitlines()[0] if o.error else ""})
+            continue
+        for bsse in bsse_types(o.result):
+            total = dict(levels(o.result, bsse, "total"))
+            inter = dict(levels(o.result, bsse, "interaction"))
+            for n in sorted(total.keys() | inter.keys()):
+                ie = inter.get(n)
+                rows.append(
+                    {
+                        **base,
+                        "bsse_type": bsse,
+                        "nbody": n,
+                        "total_energy_eh": total.get(n),
+                        "interaction_energy_eh": ie,
+                        "interaction_energy_kcal_mol": None if ie is None else ie * constants.hartree2kcalmol,
+                    }
+                )
+    return rows
+
+
+def summary_csv(outcomes: Iterable[MemberOutcome]) -> str:
+    """The campaign's summary table as CSV text (full float precision; empty cells where nothing applies)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in summary_rows(outcomes):
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in SUMMARY_COLUMNS})
+    return buf.getvalue()
