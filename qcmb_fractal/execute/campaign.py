@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 from qcelemental import constants
-from qcelemental.models.v2 import AtomicInput
 from qcmanybody.models.v2 import ManyBodyResult
 from tqdm import tqdm
 
@@ -48,39 +48,19 @@ SUMMARY_COLUMNS = (
 )
 
 
-class CampaignBuilder:
-    """The part of a plan's builder a backend reads (model chemistries, AtomicInputs), over every input."""
+class CampaignPlan:
+    """What ``Backend.start`` of the local and MPI backends reads of a plan, for a whole campaign: ``input`` (the
+    first one, the workers' default), ``sources`` (every input's JSON by key, shipped to each worker once, see
+    ``worker.shipped_inputs``) and ``builder.specifications`` (every input's model chemistries, for the local
+    backend's check that their programs are installed)."""
 
     def __init__(self, plans: Mapping[str, Plan]) -> None:
-        self.plans = plans
-        self.specifications = {
+        self.input = next(iter(plans.values())).input
+        self.sources = {key: plan.input.model_dump_json() for key, plan in plans.items()}
+        specifications = {
             f"{key}/{mc}": entry for key, plan in plans.items() for mc, entry in plan.builder.specifications.items()
         }
-
-    def atomic_input(self, task: FragmentTask) -> AtomicInput:
-        if not isinstance(task, SourcedTask):
-            raise TypeError(f"campaign task {task.label} does not say which input it belongs to")
-        return self.plans[task.source].atomic_input(task)
-
-
-class CampaignPlan:
-    """What ``Backend.start`` reads of a plan, for a whole campaign: ``input`` (the first one, the workers'
-    default), ``sources`` (every input's JSON by key, shipped to each worker once) and the builder."""
-
-    def __init__(self, plans: Mapping[str, Plan]) -> None:
-        if not plans:
-            raise ValueError("a campaign needs at least one input")
-        self.plans = dict(plans)
-        self.input = next(iter(self.plans.values())).input
-        self.sources = {key: plan.input.model_dump_json() for key, plan in self.plans.items()}
-        self.builder = CampaignBuilder(self.plans)
-
-    @property
-    def tasks(self) -> list[FragmentTask]:
-        return [t for plan in self.plans.values() for t in plan.tasks]
-
-    def atomic_input(self, task: FragmentTask) -> AtomicInput:
-        return self.builder.atomic_input(task)
+        self.builder = SimpleNamespace(specifications=specifications)
 
 
 @dataclass
