@@ -11,7 +11,7 @@ import heapq
 import io
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
@@ -115,6 +115,12 @@ class Campaign:
         self.failures: dict[str, RunFailed] = {}
         self._buffers: dict[str, deque[FragmentTask]] = {key: deque() for key in self.runners}
         self._heap: list[tuple[tuple, int, str]] = []
+        self._pending: dict[Future, list[tuple[str, FragmentTask]]] = {}  # each calculation and who waits for it
+        self._running: dict[str, Future] = {}
+        # Calculations in more than one input's plan, and the outcomes of those done: each runs once.
+        counts = Counter(t.hash for r in self.runners.values() for t in r.plan.tasks)
+        self._shared = {digest for digest, n in counts.items() if n > 1}
+        self._shared_done: dict[str, TaskOutcome] = {}
         self._seq = 0
 
     def _total(self) -> int:
@@ -156,8 +162,50 @@ class Campaign:
         if self.on_finished is not None:
             self.on_finished(member, result, None)
 
+    def _submit(self, batch: list[tuple[str, FragmentTask]]) -> None:
+        """Hand ``batch`` to the backend, each calculation once: a hash already running gains a waiter instead."""
+        waiting: dict[str, list[tuple[str, FragmentTask]]] = {}  # by hash, in the order taken
+        for key, task in batch:
+            self.runners[key].level_start.setdefault(task.level, time.perf_counter())
+            if task.hash in self._running:
+                self._pending[self._running[task.hash]].append((key, task))
+            else:
+                waiting.setdefault(task.hash, []).append((key, task))
+        for digest in [d for d in waiting if d in self._shared_done]:  # done for another input: no need to rerun
+            fut: Future = Future()
+            fut.set_result(self._shared_done[digest])
+            self._pending[fut] = waiting.pop(digest)
+            self._running[digest] = fut
+        tagged = [SourcedTask(**task.model_dump(), source=key) for (key, task), *_ in waiting.values()]
+        for fut, (digest, waiters) in zip(self.backend.submit_many(tagged), waiting.items(), strict=True):
+            self._pending[fut] = waiters
+            self._running[digest] = fut
+
+    def _collect(self, fut: Future, keeps: dict[str, dict[str, TaskOutcome]], bar: tqdm) -> set[str]:
+        """Give a finished calculation's outcome to every input waiting for it; the keys of those inputs."""
+        waiters = self._pending.pop(fut)
+        digest = waiters[0][1].hash
+        del self._running[digest]
+        try:
+            outcome = fut.result()
+        except Exception as exc:
+            outcome = TaskOutcome(hash=digest, success=False, error=describe_error(exc))
+        if outcome.success and digest in self._shared:
+            self._shared_done[digest] = outcome
+        for key, task in waiters:
+            runner = self.runners[key]
+            if runner._accept(task, outcome, keeps[key]):
+                bar.update(1)
+                runner.level_end[task.level] = time.perf_counter()
+        return {key for key, _ in waiters}
+
     def run(self) -> None:
-        """Run to the end; each input's result or failure goes to ``on_finished`` (and ``results``/``failures``)."""
+        """Run to the end; each input's result or failure goes to ``on_finished`` (and ``results``/``failures``).
+
+        A calculation several inputs share (same fragment, same model chemistry: same hash) runs once and its
+        outcome goes to each of them; backends that key their work by hash (MPI) rely on that when they run
+        at the same time. Plans that grow (screening) share only what their first levels hold.
+        """
         t0 = time.perf_counter()
         keeps = {key: runner._restore() for key, runner in self.runners.items()}
         bar = tqdm(
@@ -168,14 +216,13 @@ class Campaign:
             disable=None if self.progress is None else not self.progress,
             dynamic_ncols=True,
         )
-        pending: dict[Future, tuple[str, FragmentTask]] = {}
         open_keys = set(self.runners)
-        dirty = set(self.runners)
+        dirty = set(self.runners)  # inputs whose driver may have new work or be finished
         self.backend.start(CampaignPlan({key: r.plan for key, r in self.runners.items()}))
         try:
             while True:
                 capacity = self.backend.capacity
-                room = None if capacity is None else max(0, capacity - len(pending))
+                room = None if capacity is None else max(0, capacity - len(self._pending))
                 for key in sorted(dirty & open_keys, key=int):
                     if self._buffers[key]:
                         continue
@@ -185,32 +232,18 @@ class Campaign:
                     else:
                         self._refill(key, None if room is None else max(1, room))
                 dirty.clear()
-                batch = self._take(room) if room != 0 else []
-                for key, task in batch:
-                    self.runners[key].level_start.setdefault(task.level, time.perf_counter())
-                tagged = [SourcedTask(**task.model_dump(), source=key) for key, task in batch]
-                for fut, item in zip(self.backend.submit_many(tagged), batch, strict=True):
-                    pending[fut] = item
-                if not pending:
+                self._submit(self._take(room) if room != 0 else [])
+                if not self._pending:
                     break
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                done, _ = wait(self._pending, return_when=FIRST_COMPLETED)
                 known = self._total()
                 for fut in done:
-                    key, task = pending.pop(fut)
-                    try:
-                        outcome = fut.result()
-                    except Exception as exc:
-                        outcome = TaskOutcome(hash=task.hash, success=False, error=describe_error(exc))
-                    runner = self.runners[key]
-                    if runner._accept(task, outcome, keeps[key]):
-                        bar.update(1)
-                        runner.level_end[task.level] = time.perf_counter()
-                    dirty.add(key)
+                    dirty |= self._collect(fut, keeps, bar)
                 if self._total() != known:  # a screened plan grew
                     bar.total = self._total()
                     bar.refresh()
         except BaseException:
-            for fut in pending:
+            for fut in self._pending:
                 fut.cancel()
             # tasks handed out but not yet submitted, or submitted when it happened, go back unrun
             for runner in self.runners.values():

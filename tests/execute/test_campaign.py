@@ -137,6 +137,10 @@ def test_each_input_equals_its_single_run_and_largest_go_first(singles, capacity
         assert stats["computed"] == stats["tasks"] and stats["reused"] == 0
     assert "screening" in results["screened"].extras["qcmb_fractal"]
     assert all(isinstance(t, SourcedTask) for t in backend.submitted)
+    # the dimer's monomers are the screened tetramer's first two: a calculation inputs share runs once
+    shared = {t.hash for t in _plans()["dimer"].tasks} & {t.hash for t in campaign.runners["2"].plan.tasks}
+    hashes = [t.hash for t in backend.submitted]
+    assert shared and len(hashes) == len(set(hashes))
     assert {t.source for t in backend.submitted} == {"0", "1", "2"}
     # Screening unlocks work, so it goes first; the first targets handed out are the largest of all inputs.
     assert backend.submitted[0].mc == SCREEN_MC
@@ -155,6 +159,8 @@ def test_interrupted_campaign_resumes_without_recomputing(tmp_path: Path, single
         campaign.run()
     done = {t.hash for t in first.submitted}
     assert len(done) == 9
+    stored = sum(len(m.checkpoint) for m in campaign.members.values() if m.checkpoint is not None)
+    assert stored >= 9  # a shared calculation is stored in each of its inputs' checkpoints
     statuses = {rec.status for r in campaign.runners.values() for rec in r.driver.state.tasks.values()}
     assert TaskStatus.running not in statuses  # handed out but unfinished tasks went back to the queue
 
@@ -163,7 +169,7 @@ def test_interrupted_campaign_resumes_without_recomputing(tmp_path: Path, single
     resumed.run()
     assert not done & {t.hash for t in again.submitted}  # nothing checkpointed is computed again
     stats = {name: r.extras["qcmb_fractal"] for name, r in _by_name(resumed, resumed.results).items()}
-    assert sum(s["reused"] for s in stats.values()) == 9
+    assert sum(s["reused"] for s in stats.values()) == stored
     for name, result in _by_name(resumed, resumed.results).items():
         assert_same_result(result, singles[name])
 
