@@ -154,10 +154,12 @@ class Campaign:
         try:
             result = runner.finish(keep, time.perf_counter() - t0)
         except RunFailed as err:
+            logger.warning("campaign: %s failed: %d calculation(s) failed for good", member.name, len(err.failures))
             self.failures[key] = err
             if self.on_finished is not None:
                 self.on_finished(member, None, err)
             return
+        logger.info("campaign: %s finished (%d calculations)", member.name, len(runner.plan.tasks))
         self.results[key] = result
         if self.on_finished is not None:
             self.on_finished(member, result, None)
@@ -217,7 +219,20 @@ class Campaign:
             dynamic_ncols=True,
         )
         open_keys = set(self.runners)
-        dirty = set(self.runners)  # inputs whose driver may have new work or be finished
+        for key in sorted(self.runners, key=int):  # finished before: read back, no pool needed for them
+            if self.runners[key].driver.finished:
+                open_keys.discard(key)
+                self._finish(key, keeps[key], t0)
+        logger.info(
+            "campaign: %d inputs, %d calculations, %d already finished",
+            len(self.runners),
+            self._total(),
+            sum(r.reused for r in self.runners.values()),
+        )
+        if not open_keys:
+            bar.close()
+            return
+        dirty = set(open_keys)  # inputs whose driver may have new work or be finished
         self.backend.start(CampaignPlan({key: r.plan for key, r in self.runners.items()}))
         try:
             while True:

@@ -12,6 +12,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
+from pebble import ProcessExpired
 from qcmanybody.models.v2 import ManyBodyResult
 
 from qcmb_fractal.drive import TaskStatus
@@ -31,15 +32,24 @@ pytestmark = needs_xtb
 
 class InlineBackend(Backend):
     """Runs each task in this process with the workers' code, started from whatever plan ``start`` gets (a
-    campaign's ships every input); Ctrl-C at submit number ``stop``; ``fail`` hashes report a program failure."""
+    campaign's ships every input); Ctrl-C at submit number ``stop``; ``fail`` hashes report a program failure,
+    ``crash`` hashes' first attempt raises as a dead worker does."""
 
     name = "inline"
 
-    def __init__(self, capacity: int | None = 2, stop: int | None = None, fail: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        capacity: int | None = 2,
+        stop: int | None = None,
+        fail: frozenset[str] = frozenset(),
+        crash: frozenset[str] = frozenset(),
+    ) -> None:
         self._capacity = capacity
         self.stop = stop
         self.fail = fail
+        self.crash = set(crash)
         self.submitted: list[FragmentTask] = []
+        self.started = False
 
     @property
     def capacity(self) -> int | None:
@@ -47,6 +57,7 @@ class InlineBackend(Backend):
 
     def start(self, plan: Plan) -> None:
         init_worker(WorkerConfig(**shipped_inputs(plan), name="inline-worker"))
+        self.started = True
 
     def submit(self, task: FragmentTask) -> Future:
         if len(self.submitted) == self.stop:
@@ -55,6 +66,9 @@ class InlineBackend(Backend):
         fut: Future = Future()
         if task.hash in self.fail:
             fut.set_result(TaskOutcome(hash=task.hash, success=False, error="input_error: no such method\n"))
+        elif task.hash in self.crash:
+            self.crash.discard(task.hash)
+            fut.set_exception(ProcessExpired("Abnormal termination", code=-9))
         else:
             fut.set_result(run_fragment(task))
         return fut
@@ -176,13 +190,16 @@ def test_interrupted_campaign_resumes_without_recomputing(tmp_path: Path, single
     third = InlineBackend()
     complete, _ = _campaign(tmp_path, third)
     complete.run()
-    assert third.submitted == [] and len(complete.results) == 3  # a finished campaign only reads its checkpoints
+    assert len(complete.results) == 3 and not third.started  # a finished campaign reads its checkpoints, no pool
 
 
 def test_a_failing_input_leaves_the_others(singles) -> None:
     bad = _plans()["trimer"].tasks_at(2)[0]
-    campaign, heard = _campaign(None, InlineBackend(fail=frozenset({bad.hash})))
+    crashed = _plans()["dimer"].tasks_at(2)[0]  # retried, as in a single run
+    backend = InlineBackend(fail=frozenset({bad.hash}), crash=frozenset({crashed.hash}))
+    campaign, heard = _campaign(None, backend)
     campaign.run()
+    assert [t.hash for t in backend.submitted].count(crashed.hash) == 2
     failures = _by_name(campaign, campaign.failures)
     assert set(failures) == {"trimer"} and isinstance(heard["trimer"], RunFailed)
     assert f"{bad.label}: input_error: no such method" in str(failures["trimer"])
@@ -190,6 +207,7 @@ def test_a_failing_input_leaves_the_others(singles) -> None:
     assert set(results) == {"dimer", "screened"}
     for name, result in results.items():
         assert_same_result(result, singles[name])
+    assert results["dimer"].extras["qcmb_fractal"]["failed_attempts"] == 1
 
 
 def test_summary_rows_hold_every_level_and_say_why_an_input_has_none(singles) -> None:
