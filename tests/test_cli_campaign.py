@@ -7,14 +7,22 @@ of it, and running the same command again reads everything back from the checkpo
 
 import csv
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
+from qcmanybody.models.v2 import ManyBodyResult
 
 from qcmb_fractal.cli import EXIT_FAILED, EXIT_INPUT, main
+from qcmb_fractal.plan import Plan
 from qcmb_fractal.testing.molecules import water_cluster, water_trimer
 from qcmb_fractal.testing.programs import needs_xtb
-from qcmb_fractal.testing.reference import XTB_GFN2, mbe_input
+from qcmb_fractal.testing.reference import XTB_GFN2, assert_same_result, mbe_input, serial_reference
 
 pytestmark = needs_xtb
 
@@ -121,3 +129,29 @@ def test_same_stem_twice_and_empty_directory_refused(tmp_path, inputs, monkeypat
     empty.mkdir()
     assert main(["run", str(empty)]) == EXIT_INPUT
     assert f"directory {empty} holds no .json/.yaml inputs" in capsys.readouterr().err
+
+
+def test_mpi_campaign_equals_qcmanybody_with_a_shared_calculation(tmp_path) -> None:
+    """The MPI backend keys its ranks' work by hash: a calculation two inputs share must go out once."""
+    pytest.importorskip("mpi4py", reason="the mpi extra is not installed: pip install 'qcmb-fractal[mpi]'")
+    exe = shutil.which("mpiexec", path=sysconfig.get_path("scripts")) or shutil.which("mpiexec")
+    assert exe, "mpi4py is installed but no mpiexec is on PATH; pip install 'qcmb-fractal[mpi]' brings one"
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
+    open_mpi = ["--oversubscribe", *(["--allow-run-as-root"] if os.geteuid() == 0 else [])]
+    flags = open_mpi if re.search(r"Open MPI|OpenRTE", version) else []
+    inputs = {
+        "w2": mbe_input(water_cluster(2), {"gfn2": XTB_GFN2}, {2: "gfn2"}, bsse=["nocp"]),
+        "w4": mbe_input(water_cluster(4), {"gfn2": XTB_GFN2}, {2: "gfn2"}, bsse=["nocp"]),
+    }
+    assert {t.hash for t in Plan(inputs["w2"]).tasks} & {t.hash for t in Plan(inputs["w4"]).tasks}
+    for name, inp in inputs.items():
+        (tmp_path / f"{name}.json").write_text(inp.model_dump_json())
+    cmd = [exe, *flags, "-n", "3", sys.executable, "-m", "qcmb_fractal.cli", "run", "w2.json", "w4.json"]
+    proc = subprocess.run(
+        [*cmd, "--backend", "mpi", "--no-progress"], cwd=tmp_path, capture_output=True, text=True, timeout=180
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name, inp in inputs.items():
+        result = ManyBodyResult.model_validate_json((tmp_path / f"{name}.result.json").read_text())
+        assert_same_result(result, serial_reference(inp))
+    assert len(list(csv.DictReader((tmp_path / "campaign-summary.csv").open()))) == 4
