@@ -1,0 +1,192 @@
+"""The qcmb_manybody dataset type on the package's real QCFractal server, as a QCPortal user drives it.
+
+A water dimer and trimer (xtb, MBE(2)) × GFN2-/GFN1-xTB: created from a plain PortalClient, submitted, watched
+with status(), read back with get_properties_df and compared with the local backend on the same inputs; then
+resubmitted (nothing new), renamed and pruned. The schema upgrade of a plugin database from before the
+dataset tables needs no server.
+"""
+
+import time
+
+import pytest
+from qcmanybody.models.v2 import ManyBodyResult
+from qcportal.record_models import RecordStatusEnum
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+from qcmb_fractal.execute import Runner
+from qcmb_fractal.execute.backends.local import LocalBackend
+from qcmb_fractal.plan import make_plan
+from qcmb_fractal.plugin.client import (
+    QCMBDataset,
+    QCMBDatasetNewEntry,
+    QCMBManyBodyRecord,
+    QCMBSpecification,
+    simple_specification,
+)
+from qcmb_fractal.plugin.server import install
+from qcmb_fractal.plugin.server.dataset_db_models import DATASET_TABLES
+from qcmb_fractal.plugin.server.record_socket import validated_input
+from qcmb_fractal.testing.fractal import drop_database, fresh_database, portal_molecule
+from qcmb_fractal.testing.molecules import water_cluster
+from qcmb_fractal.testing.programs import needs_xtb
+
+pytestmark = needs_xtb
+
+ENERGY_TOL = 1.0e-9
+SHIFT = 31.0  # bohr: molecules no other test of the package's server submits
+SPECS = {
+    "gfn2": simple_specification(program="xtb", method="gfn2-xtb", max_nbody=2),
+    "gfn1": simple_specification(program="xtb", method="gfn1-xtb", max_nbody=2),
+}
+ENTRIES = {"dimer": 2, "trimer": 3}
+
+
+@pytest.fixture(scope="module")
+def molecules():
+    return {name: portal_molecule(water_cluster(n, shift=SHIFT)) for name, n in ENTRIES.items()}
+
+
+@pytest.fixture(scope="module")
+def local(molecules) -> dict[tuple[str, str], ManyBodyResult]:
+    """The local backend's result for every entry × specification (what `qcmb-fractal run` computes)."""
+    with LocalBackend(1) as backend:
+        return {
+            (entry, spec_name): Runner(make_plan(validated_input(mol, spec)), backend, progress=False).run()
+            for entry, mol in molecules.items()
+            for spec_name, spec in SPECS.items()
+        }
+
+
+@pytest.fixture(scope="module")
+def dataset(fractal, molecules) -> QCMBDataset:
+    client = fractal[1]
+    ds = client.add_dataset("qcmb_manybody", "water clusters", description="dimer and trimer, MBE(2)")
+    ds.add_entry("dimer", molecules["dimer"], comment="two waters", attributes={"n_waters": 2})
+    trimer = QCMBDatasetNewEntry(name="trimer", initial_molecule=molecules["trimer"], attributes={"n_waters": 3})
+    ds.add_entries([trimer])
+    for name, spec in SPECS.items():
+        ds.add_specification(name, spec, description=f"xtb {name}")
+    return ds
+
+
+def same_specification(got: QCMBSpecification, want: QCMBSpecification) -> bool:
+    """Equal as stored (JSON turns the levels' integer keys into strings)."""
+    return got.model_dump(mode="json") == want.model_dump(mode="json")
+
+
+def wait_for_dataset(ds: QCMBDataset, n_records: int, timeout: float = 240.0) -> dict:
+    """The dataset's status() once every record has finished; fails the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = ds.status()
+        counts = [n for by_status in status.values() for n in by_status.values()]
+        done = {s for by_status in status.values() for s in by_status} <= {RecordStatusEnum.complete}
+        if sum(counts) == n_records and done:
+            return status
+        assert RecordStatusEnum.error not in {s for v in status.values() for s in v}, ds.status_table()
+        assert time.monotonic() < deadline, f"dataset not finished after {timeout} s:\n{ds.status_table()}"
+        time.sleep(0.5)
+
+
+def test_a_plain_portal_client_creates_and_finds_the_dataset_type(fractal, dataset, molecules):
+    client = fractal[1]
+    assert isinstance(dataset, QCMBDataset) and dataset.dataset_type == "qcmb_manybody"
+    found = client.get_dataset("qcmb_manybody", "Water Clusters")  # names match case-insensitively, as QCPortal's
+    assert isinstance(found, QCMBDataset) and found.id == dataset.id
+    assert sorted(found.entry_names) == ["dimer", "trimer"] and sorted(found.specification_names) == ["gfn1", "gfn2"]
+    dimer = found.get_entry("dimer")
+    assert dimer.comment == "two waters" and dimer.attributes == {"n_waters": 2}
+    assert dimer.initial_molecule.get_hash() == molecules["dimer"].get_hash()
+    assert isinstance(found.specifications["gfn2"].specification, QCMBSpecification)
+    assert same_specification(found.specifications["gfn2"].specification, SPECS["gfn2"])
+    again = found.add_entry("dimer", molecules["trimer"])  # an existing name is kept, as QCPortal's datasets do
+    assert again.existing_idx == [0] and again.n_inserted == 0
+    assert {d["dataset_name"] for d in client.list_datasets() if d["dataset_type"] == "qcmb_manybody"} == {
+        "water clusters"
+    }
+
+
+def test_dataset_is_submitted_watched_and_read_as_a_table_equal_to_the_local_backend(fractal, dataset, local, capsys):
+    meta = dataset.submit(compute_priority="high")
+    assert (meta.n_inserted, meta.n_existing) == (4, 0)
+    status = wait_for_dataset(dataset, 4)
+    assert status == {name: {RecordStatusEnum.complete: 2} for name in SPECS}
+    dataset.print_status()
+    printed = capsys.readouterr().out
+    assert "gfn1" in printed and "gfn2" in printed and "complete" in printed
+
+    again = dataset.submit()
+    assert (again.n_inserted, again.n_existing) == (0, 0)
+    assert dataset.record_count == 4
+
+    energies = sorted(
+        k for k, v in local["trimer", "gfn2"].properties.model_dump(exclude_none=True).items() if k.endswith("energy")
+    )
+    assert "nbody_2_total_energy" in energies or len(energies) > 3
+    df = dataset.get_properties_df(energies)
+    assert sorted(df.index) == ["dimer", "trimer"]
+    compared = 0
+    for (entry, spec_name), reference in local.items():
+        ref = reference.properties.model_dump(exclude_none=True)
+        for key in energies:
+            if key in ref:
+                assert abs(df.loc[entry, (spec_name, key)] - ref[key]) < ENERGY_TOL, (entry, spec_name, key)
+                compared += 1
+    assert compared >= 4 * 3
+
+    records = {(e, s): r for e, s, r in dataset.iterate_records()}
+    assert sorted(records) == sorted(local) and all(isinstance(r, QCMBManyBodyRecord) for r in records.values())
+    record = dataset.get_record("trimer", "gfn1")
+    assert record.id == records["trimer", "gfn1"].id and record.status == RecordStatusEnum.complete
+    assert abs(record.properties["return_result"] - local["trimer", "gfn1"].return_result) < ENERGY_TOL
+    assert same_specification(record.specification, SPECS["gfn1"])
+    assert sorted(r["dataset_id"] for r in fractal[1].query_dataset_records(record.id)) == [dataset.id]
+
+
+def test_renames_follow_and_deleting_an_entry_deletes_only_its_records(fractal, dataset):
+    client = fractal[1]
+    wait_for_dataset(dataset, 4)
+    ids = {(e, s): r.id for e, s, r in dataset.iterate_records()}
+    dataset.rename_entries({"trimer": "w3"})
+    dataset.rename_specification("gfn1", "xtb-gfn1")
+    assert dataset.get_record("w3", "xtb-gfn1").id == ids["trimer", "gfn1"]
+
+    kept = [ids["trimer", "gfn1"], ids["trimer", "gfn2"]]
+    kept_children = [c.singlepoint_id for r in client.get_records(kept) for c in r.clusters]
+    dataset.delete_entries("dimer", delete_records=True)
+    assert client.get_records([ids["dimer", s] for s in SPECS], missing_ok=True) == [None, None]
+    assert all(r.status == RecordStatusEnum.complete for r in client.get_records(kept))
+    assert None not in client.get_singlepoints(kept_children, missing_ok=True)
+    fresh = client.get_dataset("qcmb_manybody", "water clusters")
+    assert fresh.entry_names == ["w3"] and fresh.record_count == 2
+    assert fresh.status() == {"gfn2": {RecordStatusEnum.complete: 1}, "xtb-gfn1": {RecordStatusEnum.complete: 1}}
+
+    fresh.delete_specification("xtb-gfn1")  # without delete_records: the link goes, the record stays
+    assert client.get_records(ids["trimer", "gfn1"]).status == RecordStatusEnum.complete
+    assert fresh.status() == {"gfn2": {RecordStatusEnum.complete: 1}}
+
+
+def test_upgrade_adds_the_dataset_tables_to_a_plugin_database_of_schema_1():
+    from qcfractal.db_socket import SQLAlchemySocket
+
+    db_name = "qcmb_plugin_dataset_upgrade"
+    cfg = fresh_database(db_name, plugin=True)
+    engine = create_engine(cfg.sqlalchemy_url, poolclass=NullPool)
+    try:
+        with engine.begin() as conn:  # as schema 1 left it: QCFractal's own dataset view, no dataset tables
+            attr, modules, _ = install.VIEWS["dataset_direct_records_view"]
+            own = install._view_sql(attr, modules[:-1])
+            conn.execute(text(f"CREATE OR REPLACE VIEW dataset_direct_records_view AS {own}"))
+            for table in reversed(DATASET_TABLES):
+                conn.execute(text(f"DROP TABLE {table.name}"))
+            conn.execute(text("UPDATE qcmb_plugin_version SET schema_version = 1"))
+        problems = install.schema_problems(engine)
+        assert {f"table {t.name} is missing" for t in DATASET_TABLES} <= set(problems)
+        assert "view dataset_direct_records_view does not include qcmb_manybody_dataset_record" in problems
+
+        SQLAlchemySocket.upgrade_database(cfg)  # what `qcmb-fractal-server upgrade-db` runs
+        assert install.schema_problems(engine) == []
+    finally:
+        engine.dispose()
+        drop_database(db_name)
