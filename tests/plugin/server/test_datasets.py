@@ -1,15 +1,17 @@
 """The qcmb_manybody dataset type on the package's real QCFractal server, as a QCPortal user drives it.
 
-A water dimer and trimer (xtb, MBE(2)) × GFN2-/GFN1-xTB: created from a plain PortalClient, submitted, watched
-with status(), read back with get_properties_df and compared with the local backend on the same inputs; then
-resubmitted (nothing new), renamed and pruned. The schema upgrade of a plugin database from before the
-dataset tables needs no server.
+A water dimer and trimer (GFN2-xTB, MBE(2)) × two specifications that differ in how the service schedules them
+(eager, level by level), so the second costs no calculation of its own: its records find the first's
+singlepoints. Created from a plain PortalClient, submitted, watched with status(), read back with
+get_properties_df and compared with the local backend on the same inputs; then resubmitted (nothing new),
+renamed and pruned. The schema upgrade of a plugin database from before the dataset tables needs no server.
 """
 
 import time
 
 import pytest
 from qcmanybody.models.v2 import ManyBodyResult
+from qcportal.client_base import PortalRequestError
 from qcportal.record_models import RecordStatusEnum
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
@@ -36,8 +38,8 @@ pytestmark = needs_xtb
 ENERGY_TOL = 1.0e-9
 SHIFT = 31.0  # bohr: molecules no other test of the package's server submits
 SPECS = {
-    "gfn2": simple_specification(program="xtb", method="gfn2-xtb", max_nbody=2),
-    "gfn1": simple_specification(program="xtb", method="gfn1-xtb", max_nbody=2),
+    "eager": simple_specification(program="xtb", method="gfn2-xtb", max_nbody=2, mode="eager"),
+    "levels": simple_specification(program="xtb", method="gfn2-xtb", max_nbody=2, mode="levels"),
 }
 ENTRIES = {"dimer": 2, "trimer": 3}
 
@@ -48,13 +50,12 @@ def molecules():
 
 
 @pytest.fixture(scope="module")
-def local(molecules) -> dict[tuple[str, str], ManyBodyResult]:
-    """The local backend's result for every entry × specification (what `qcmb-fractal run` computes)."""
+def local(molecules) -> dict[str, ManyBodyResult]:
+    """The local backend's result for each entry (what `qcmb-fractal run` computes; the same for both modes)."""
     with LocalBackend(1) as backend:
         return {
-            (entry, spec_name): Runner(make_plan(validated_input(mol, spec)), backend, progress=False).run()
+            entry: Runner(make_plan(validated_input(mol, SPECS["eager"])), backend, progress=False).run()
             for entry, mol in molecules.items()
-            for spec_name, spec in SPECS.items()
         }
 
 
@@ -66,7 +67,7 @@ def dataset(fractal, molecules) -> QCMBDataset:
     trimer = QCMBDatasetNewEntry(name="trimer", initial_molecule=molecules["trimer"], attributes={"n_waters": 3})
     ds.add_entries([trimer])
     for name, spec in SPECS.items():
-        ds.add_specification(name, spec, description=f"xtb {name}")
+        ds.add_specification(name, spec, description=f"GFN2-xTB, {name} mode")
     return ds
 
 
@@ -94,12 +95,12 @@ def test_a_plain_portal_client_creates_and_finds_the_dataset_type(fractal, datas
     assert isinstance(dataset, QCMBDataset) and dataset.dataset_type == "qcmb_manybody"
     found = client.get_dataset("qcmb_manybody", "Water Clusters")  # names match case-insensitively, as QCPortal's
     assert isinstance(found, QCMBDataset) and found.id == dataset.id
-    assert sorted(found.entry_names) == ["dimer", "trimer"] and sorted(found.specification_names) == ["gfn1", "gfn2"]
+    assert sorted(found.entry_names) == ["dimer", "trimer"] and sorted(found.specification_names) == sorted(SPECS)
     dimer = found.get_entry("dimer")
     assert dimer.comment == "two waters" and dimer.attributes == {"n_waters": 2}
     assert dimer.initial_molecule.get_hash() == molecules["dimer"].get_hash()
-    assert isinstance(found.specifications["gfn2"].specification, QCMBSpecification)
-    assert same_specification(found.specifications["gfn2"].specification, SPECS["gfn2"])
+    assert isinstance(found.specifications["levels"].specification, QCMBSpecification)
+    assert same_specification(found.specifications["levels"].specification, SPECS["levels"])
     again = found.add_entry("dimer", molecules["trimer"])  # an existing name is kept, as QCPortal's datasets do
     assert again.existing_idx == [0] and again.n_inserted == 0
     assert {d["dataset_name"] for d in client.list_datasets() if d["dataset_type"] == "qcmb_manybody"} == {
@@ -107,40 +108,45 @@ def test_a_plain_portal_client_creates_and_finds_the_dataset_type(fractal, datas
     }
 
 
-def test_dataset_is_submitted_watched_and_read_as_a_table_equal_to_the_local_backend(fractal, dataset, local, capsys):
+def test_dataset_is_submitted_watched_and_read_as_a_table_equal_to_the_local_backend(
+    fractal, dataset, molecules, local, capsys
+):
     meta = dataset.submit(compute_priority="high")
     assert (meta.n_inserted, meta.n_existing) == (4, 0)
     status = wait_for_dataset(dataset, 4)
     assert status == {name: {RecordStatusEnum.complete: 2} for name in SPECS}
     dataset.print_status()
     printed = capsys.readouterr().out
-    assert "gfn1" in printed and "gfn2" in printed and "complete" in printed
+    assert "eager" in printed and "levels" in printed and "complete" in printed
 
     again = dataset.submit()
     assert (again.n_inserted, again.n_existing) == (0, 0)
     assert dataset.record_count == 4
 
-    energies = sorted(
-        k for k, v in local["trimer", "gfn2"].properties.model_dump(exclude_none=True).items() if k.endswith("energy")
-    )
-    assert "nbody_2_total_energy" in energies or len(energies) > 3
+    energies = sorted(k for k in local["trimer"].properties.model_dump(exclude_none=True) if k.endswith("energy"))
+    assert {"nocp_corrected_total_energy", "nocp_corrected_interaction_energy"} <= set(energies)
     df = dataset.get_properties_df(energies)
     assert sorted(df.index) == ["dimer", "trimer"]
     compared = 0
-    for (entry, spec_name), reference in local.items():
+    for entry, reference in local.items():
         ref = reference.properties.model_dump(exclude_none=True)
-        for key in energies:
-            if key in ref:
-                assert abs(df.loc[entry, (spec_name, key)] - ref[key]) < ENERGY_TOL, (entry, spec_name, key)
-                compared += 1
+        for spec_name in SPECS:
+            for key in energies:
+                if key in ref:
+                    assert abs(df.loc[entry, (spec_name, key)] - ref[key]) < ENERGY_TOL, (entry, spec_name, key)
+                    compared += 1
     assert compared >= 4 * 3
 
+    # each pair holds its own record: the right molecule, the right specification
     records = {(e, s): r for e, s, r in dataset.iterate_records()}
-    assert sorted(records) == sorted(local) and all(isinstance(r, QCMBManyBodyRecord) for r in records.values())
-    record = dataset.get_record("trimer", "gfn1")
-    assert record.id == records["trimer", "gfn1"].id and record.status == RecordStatusEnum.complete
-    assert abs(record.properties["return_result"] - local["trimer", "gfn1"].return_result) < ENERGY_TOL
-    assert same_specification(record.specification, SPECS["gfn1"])
+    assert sorted(records) == sorted((e, s) for e in ENTRIES for s in SPECS)
+    assert len({r.id for r in records.values()}) == 4
+    for (entry, spec_name), rec in records.items():
+        assert isinstance(rec, QCMBManyBodyRecord) and same_specification(rec.specification, SPECS[spec_name])
+        assert rec.initial_molecule.get_hash() == molecules[entry].get_hash()
+    record = dataset.get_record("trimer", "levels")
+    assert record.id == records["trimer", "levels"].id and record.status == RecordStatusEnum.complete
+    assert abs(record.properties["return_result"] - local["trimer"].return_result) < ENERGY_TOL
     assert sorted(r["dataset_id"] for r in fractal[1].query_dataset_records(record.id)) == [dataset.id]
 
 
@@ -149,10 +155,19 @@ def test_renames_follow_and_deleting_an_entry_deletes_only_its_records(fractal, 
     wait_for_dataset(dataset, 4)
     ids = {(e, s): r.id for e, s, r in dataset.iterate_records()}
     dataset.rename_entries({"trimer": "w3"})
-    dataset.rename_specification("gfn1", "xtb-gfn1")
-    assert dataset.get_record("w3", "xtb-gfn1").id == ids["trimer", "gfn1"]
+    dataset.rename_specification("levels", "by-level")
+    assert dataset.get_record("w3", "by-level").id == ids["trimer", "levels"]
 
-    kept = [ids["trimer", "gfn1"], ids["trimer", "gfn2"]]
+    # 10 waters need 55 calculations at MBE(2), above the package server's limit: refused, naming the entry
+    dataset.add_entry("w10", portal_molecule(water_cluster(10, shift=SHIFT)))
+    with pytest.raises(
+        PortalRequestError, match=r"entry 'w10' with specification '\S+' \(id \d+\): this expansion needs 55"
+    ):
+        dataset.submit()
+    assert dataset.record_count == 4
+    dataset.delete_entries("w10")
+
+    kept = [ids["trimer", "levels"], ids["trimer", "eager"]]
     kept_children = [c.singlepoint_id for r in client.get_records(kept) for c in r.clusters]
     dataset.delete_entries("dimer", delete_records=True)
     assert client.get_records([ids["dimer", s] for s in SPECS], missing_ok=True) == [None, None]
@@ -160,11 +175,11 @@ def test_renames_follow_and_deleting_an_entry_deletes_only_its_records(fractal, 
     assert None not in client.get_singlepoints(kept_children, missing_ok=True)
     fresh = client.get_dataset("qcmb_manybody", "water clusters")
     assert fresh.entry_names == ["w3"] and fresh.record_count == 2
-    assert fresh.status() == {"gfn2": {RecordStatusEnum.complete: 1}, "xtb-gfn1": {RecordStatusEnum.complete: 1}}
+    assert fresh.status() == {"eager": {RecordStatusEnum.complete: 1}, "by-level": {RecordStatusEnum.complete: 1}}
 
-    fresh.delete_specification("xtb-gfn1")  # without delete_records: the link goes, the record stays
-    assert client.get_records(ids["trimer", "gfn1"]).status == RecordStatusEnum.complete
-    assert fresh.status() == {"gfn2": {RecordStatusEnum.complete: 1}}
+    fresh.delete_specification("by-level")  # without delete_records: the link goes, the record stays
+    assert client.get_records(ids["trimer", "levels"]).status == RecordStatusEnum.complete
+    assert fresh.status() == {"eager": {RecordStatusEnum.complete: 1}}
 
 
 def test_upgrade_adds_the_dataset_tables_to_a_plugin_database_of_schema_1():
