@@ -12,6 +12,7 @@ import time
 import pytest
 from qcmanybody.models.v2 import ManyBodyResult
 from qcportal.client_base import PortalRequestError
+from qcportal.internal_jobs import InternalJobStatusEnum
 from qcportal.record_models import RecordStatusEnum
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
@@ -103,6 +104,16 @@ def test_a_plain_portal_client_creates_and_finds_the_dataset_type(fractal, datas
     assert same_specification(found.specifications["levels"].specification, SPECS["levels"])
     again = found.add_entry("dimer", molecules["trimer"])  # an existing name is kept, as QCPortal's datasets do
     assert again.existing_idx == [0] and again.n_inserted == 0
+
+    # the server's internal job runner knows the entry type too (QCPortal's way of adding thousands)
+    job = dataset.background_add_entries([QCMBDatasetNewEntry(name="later", initial_molecule=molecules["dimer"])])
+    job.watch(interval=0.2, timeout=60)
+    assert job.status == InternalJobStatusEnum.complete, job.result
+    assert client.get_dataset("qcmb_manybody", "water clusters").get_entry("later").initial_molecule.get_hash() == (
+        molecules["dimer"].get_hash()
+    )
+    dataset.delete_entries("later")
+    assert sorted(dataset.entry_names) == ["dimer", "trimer"]
     assert {d["dataset_name"] for d in client.list_datasets() if d["dataset_type"] == "qcmb_manybody"} == {
         "water clusters"
     }
