@@ -192,6 +192,11 @@ def test_renames_follow_and_deleting_an_entry_deletes_only_its_records(fractal, 
     assert client.get_records(ids["trimer", "levels"]).status == RecordStatusEnum.complete
     assert fresh.status() == {"eager": {RecordStatusEnum.complete: 1}}
 
+    copy = client.clone_dataset(fresh.id, "water clusters copy")  # entries, specifications and record links
+    assert isinstance(copy, QCMBDataset) and copy.entry_names == ["w3"] and copy.specification_names == ["eager"]
+    assert copy.get_entry("w3").attributes == {"n_waters": 3}
+    assert copy.get_record("w3", "eager").id == ids["trimer", "eager"]
+
 
 def test_upgrade_adds_the_dataset_tables_to_a_plugin_database_of_schema_1():
     from qcfractal.db_socket import SQLAlchemySocket
