@@ -25,6 +25,7 @@ from qcmb_fractal.plugin.client import (
     QCMBDatasetNewEntry,
     QCMBManyBodyRecord,
     QCMBSpecification,
+    add_qcmb_manybodys,
     simple_specification,
 )
 from qcmb_fractal.plugin.server import install
@@ -155,6 +156,9 @@ def test_dataset_is_submitted_watched_and_read_as_a_table_equal_to_the_local_bac
     for (entry, spec_name), rec in records.items():
         assert isinstance(rec, QCMBManyBodyRecord) and same_specification(rec.specification, SPECS[spec_name])
         assert rec.initial_molecule.get_hash() == molecules[entry].get_hash()
+    # the same molecule and specification submitted as a plain record is the dataset's record, found again
+    meta, (found,) = add_qcmb_manybodys(fractal[1], molecules["trimer"], SPECS["levels"])
+    assert meta.existing_idx == [0] and found == records["trimer", "levels"].id
     record = dataset.get_record("trimer", "levels")
     assert record.id == records["trimer", "levels"].id and record.status == RecordStatusEnum.complete
     assert abs(record.properties["return_result"] - local["trimer"].return_result) < ENERGY_TOL
