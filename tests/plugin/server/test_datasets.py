@@ -200,6 +200,11 @@ def test_renames_follow_and_deleting_an_entry_deletes_only_its_records(fractal, 
     assert isinstance(copy, QCMBDataset) and copy.entry_names == ["w3"] and copy.specification_names == ["eager"]
     assert copy.get_entry("w3").attributes == {"n_waters": 3}
     assert copy.get_record("w3", "eager").id == ids["trimer", "eager"]
+    client.delete_dataset(copy.id, delete_records=False)  # the cascade through the type's tables leaves the record
+    assert client.get_records(ids["trimer", "eager"]).status == RecordStatusEnum.complete
+    assert fresh.get_record("w3", "eager").id == ids["trimer", "eager"]
+    with pytest.raises(PortalRequestError, match="Could not find"):
+        client.get_dataset("qcmb_manybody", "water clusters copy")
 
 
 def test_upgrade_adds_the_dataset_tables_to_a_plugin_database_of_schema_1():
