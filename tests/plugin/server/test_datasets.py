@@ -9,6 +9,7 @@ renamed and pruned. The schema upgrade of a plugin database from before the data
 
 import time
 
+import psycopg2
 import pytest
 from qcmanybody.models.v2 import ManyBodyResult
 from qcportal.client_base import PortalRequestError
@@ -105,6 +106,14 @@ def test_a_plain_portal_client_creates_and_finds_the_dataset_type(fractal, datas
     assert same_specification(found.specifications["levels"].specification, SPECS["levels"])
     again = found.add_entry("dimer", molecules["trimer"])  # an existing name is kept, as QCPortal's datasets do
     assert again.existing_idx == [0] and again.n_inserted == 0
+
+    # a specification is stored once, whatever names datasets give it
+    assert found.add_specification("eager again", SPECS["eager"]).inserted_idx == [0]
+    with psycopg2.connect(fractal[0]._qcf_config.database.psycopg2_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM qcmb_manybody_specification")
+        assert cur.fetchone()[0] == len(SPECS)
+    conn.close()
+    found.delete_specification("eager again")
 
     # the server's internal job runner knows the entry type too (QCPortal's way of adding thousands)
     job = dataset.background_add_entries([QCMBDatasetNewEntry(name="later", initial_molecule=molecules["dimer"])])
