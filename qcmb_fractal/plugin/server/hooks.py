@@ -13,9 +13,14 @@ Hook points (all checked by :func:`check_startup`):
 - ``RecordSocket.__init__`` builds fixed handler maps; the wrapper adds this record type's socket.
 - ``RecordSocket.update_failed_service`` errors a service once a child errored; the wrapper lets this
   record type retry the child first.
-- the ``api_v1`` blueprint: routes are added on import of ``record_routes``, which must happen before
-  ``create_flask_app`` registers the blueprint (it builds the socket first, so the socket hook is in time).
-- the database: tables, deletion trigger and children views (see :mod:`.install`).
+- ``DatasetSocket.__init__`` builds a fixed handler map of dataset types; the wrapper adds the qcmb_manybody
+  dataset socket. QCFractal's ``BaseDataset`` registry (keyed by ``dataset_type``) learns the dataset's client
+  class when :mod:`qcmb_fractal.plugin.client.dataset_models` is imported, which the routes do; the ORM's
+  polymorphic identity is registered by importing :mod:`.dataset_db_models`.
+- the ``api_v1`` blueprint: routes are added on import of ``record_routes`` and ``dataset_routes``, which must
+  happen before ``create_flask_app`` registers the blueprint (it builds the socket first, so the socket hook is
+  in time).
+- the database: tables, deletion trigger, children views and dataset records view (see :mod:`.install`).
 - ``qcfractal_server_cli.parse_args`` builds QCFractal's command-line parser and parses at once;
   :func:`qcfractal_commands` catches the parser to list QCFractal's commands in ``qcmb-fractal-server --help``.
 
@@ -37,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import qcfractal
 
-from qcmb_fractal.plugin import RECORD_TYPE, TESTED_QCFRACTAL
+from qcmb_fractal.plugin import DATASET_TYPE, RECORD_TYPE, TESTED_QCFRACTAL
 
 if TYPE_CHECKING:  # qcfractal.config may be the very module being hooked: never import it at module level
     from qcfractal.config import DatabaseConfig
@@ -181,6 +186,7 @@ def guard_database_socket(socket_cls: Any, reason: str) -> None:
 
 def install_hooks() -> None:
     """Register the record type in this process; idempotent. Call before any QCFractal socket or app exists."""
+    from qcfractal.components.dataset_socket import DatasetSocket
     from qcfractal.components.record_socket import RecordSocket
 
     if getattr(RecordSocket.__init__, "_qcmb_hook", False):
@@ -200,12 +206,14 @@ def install_hooks() -> None:
         logger.warning("QCFractal apps created before the qcmb_manybody hooks do not serve its routes")
         api_v1._got_registered_once = False
     try:
-        from qcmb_fractal.plugin.server import record_routes  # noqa: F401  (adds the routes to api_v1)
+        from qcmb_fractal.plugin.server import dataset_routes, record_routes  # noqa: F401  (add routes to api_v1)
     finally:
         api_v1._got_registered_once = registered
+    from qcmb_fractal.plugin.server.dataset_socket import QCMBDatasetSocket
     from qcmb_fractal.plugin.server.record_socket import FAILED_DEPENDENCIES_MESSAGE, QCMBManyBodyRecordSocket
 
     original_init = RecordSocket.__init__
+    original_dataset_init = DatasetSocket.__init__
     original_update_failed_service = RecordSocket.update_failed_service
 
     def __init__(self, root_socket) -> None:
@@ -230,11 +238,19 @@ def install_hooks() -> None:
                 error_info = {**error_info, "error_message": f"{FAILED_DEPENDENCIES_MESSAGE}; retry failed: {err}"}
         original_update_failed_service(self, session, record_orm, error_info)
 
+    def dataset_init(self, root_socket) -> None:
+        original_dataset_init(self, root_socket)
+        socket = QCMBDatasetSocket(root_socket)
+        self.qcmb_manybody = socket
+        self._handler_map[socket.dataset_type] = socket
+
     __init__._qcmb_hook = True
     update_failed_service._qcmb_hook = True
+    dataset_init._qcmb_hook = True
     RecordSocket.__init__ = __init__
     RecordSocket.update_failed_service = update_failed_service
-    logger.info("qcmb_manybody record type hooked into QCFractal %s", qcfractal.__version__)
+    DatasetSocket.__init__ = dataset_init
+    logger.info("qcmb_manybody record and dataset types hooked into QCFractal %s", qcfractal.__version__)
 
 
 def activate() -> None:
@@ -278,9 +294,11 @@ def qcfractal_commands() -> list[tuple[str, str]]:
 def hook_problems() -> list[str]:
     import sys
 
+    from qcfractal.components.dataset_socket import DatasetSocket
     from qcfractal.components.record_socket import RecordSocket
     from qcfractal.config import FractalConfig
     from qcfractal.db_socket import SQLAlchemySocket
+    from qcportal.dataset_models import BaseDataset
 
     from qcmb_fractal.plugin.server.config import CONFIG_SECTION
 
@@ -294,8 +312,13 @@ def hook_problems() -> list[str]:
         problems.append("RecordSocket.__init__ is not hooked (install_hooks() was not called in this process)")
     if not getattr(RecordSocket.update_failed_service, "_qcmb_hook", False):
         problems.append("RecordSocket.update_failed_service is not hooked")
-    if "qcmb_fractal.plugin.server.record_routes" not in sys.modules:
-        problems.append("the qcmb_manybody routes were never added to the api_v1 blueprint")
+    if not getattr(DatasetSocket.__init__, "_qcmb_hook", False):
+        problems.append("DatasetSocket.__init__ is not hooked (install_hooks() was not called in this process)")
+    for routes in ("record_routes", "dataset_routes"):
+        if f"qcmb_fractal.plugin.server.{routes}" not in sys.modules:
+            problems.append(f"the qcmb_manybody {routes} were never added to the api_v1 blueprint")
+    if DATASET_TYPE not in BaseDataset._all_subclasses:
+        problems.append(f"QCPortal's BaseDataset does not know the {DATASET_TYPE} dataset type")
     return problems
 
 

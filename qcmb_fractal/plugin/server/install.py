@@ -1,18 +1,27 @@
-"""Create or upgrade the plugin's part of a QCFractal database: tables, deletion trigger, children views, stamp.
+"""Create or upgrade the plugin's part of a QCFractal database: tables, deletion trigger, views, stamp.
 
 Everything here is idempotent: QCFractal's own ``init-db`` and ``upgrade-db`` call :func:`install_schema` after
-their own work (see :mod:`.hooks`), and QCFractal's schema check calls :func:`schema_problems`.
+their own work (see :mod:`.hooks`), and QCFractal's schema check calls :func:`schema_problems`. Missing tables
+are created, so ``upgrade-db`` brings a database of an older plugin schema (1: records only) up to this one.
 QCFractal's children views are fixed unions over its own record types; they are replaced by the same
-unions plus this record type, or delete/cancel/reset/children_status would never see its children.
+unions plus this record type, or delete/cancel/reset/children_status would never see its children. Its
+dataset records view likewise gets this dataset type, or record queries by dataset would miss its records.
 """
 
 import logging
 
+from qcfractal.components.gridoptimization import dataset_db_models as gridoptimization_datasets
 from qcfractal.components.gridoptimization import record_db_models as gridoptimization
+from qcfractal.components.manybody import dataset_db_models as manybody_datasets
 from qcfractal.components.manybody import record_db_models as manybody
+from qcfractal.components.neb import dataset_db_models as neb_datasets
 from qcfractal.components.neb import record_db_models as neb
+from qcfractal.components.optimization import dataset_db_models as optimization_datasets
 from qcfractal.components.optimization import record_db_models as optimization
+from qcfractal.components.reaction import dataset_db_models as reaction_datasets
 from qcfractal.components.reaction import record_db_models as reaction
+from qcfractal.components.singlepoint import dataset_db_models as singlepoint_datasets
+from qcfractal.components.torsiondrive import dataset_db_models as torsiondrive_datasets
 from qcfractal.components.torsiondrive import record_db_models as torsiondrive
 from qcfractal.config import DatabaseConfig
 from qcfractal.db_socket import BaseORM
@@ -21,22 +30,38 @@ from sqlalchemy.dialects import postgresql
 
 import qcmb_fractal
 from qcmb_fractal.plugin import SCHEMA_VERSION
+from qcmb_fractal.plugin.server import dataset_db_models as plugin_datasets
 from qcmb_fractal.plugin.server import record_db_models as plugin_models
 
 logger = logging.getLogger(__name__)
 
-_QCFRACTAL_COMPONENTS = (optimization, gridoptimization, torsiondrive, manybody, reaction, neb)
+# In the order of QCFractal's own unions (dataset_db_views.py, record_db_views.py): the views' columns stay the same.
+_RECORD_MODULES = (optimization, gridoptimization, torsiondrive, manybody, reaction, neb, plugin_models)
+_DATASET_MODULES = (
+    singlepoint_datasets,
+    optimization_datasets,
+    gridoptimization_datasets,
+    torsiondrive_datasets,
+    manybody_datasets,
+    reaction_datasets,
+    neb_datasets,
+    plugin_datasets,
+)
 PLUGIN_TABLE_MARKER = plugin_models.QCMBClusterORM.__tablename__
+DATASET_TABLE_MARKER = plugin_datasets.QCMBDatasetRecordItemORM.__tablename__
+TABLES = [*plugin_models.PLUGIN_TABLES, *plugin_datasets.DATASET_TABLES]
 
 
-def _view_sql(attr: str) -> str:
-    selects = [s for mod in (*_QCFRACTAL_COMPONENTS, plugin_models) for s in getattr(mod, attr)]
+def _view_sql(attr: str, modules: tuple) -> str:
+    selects = [s for mod in modules for s in getattr(mod, attr)]
     return str(union(*selects).compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
 
 
+# view → (the components' select lists it unites, the plugin table its definition must name)
 VIEWS = {
-    "record_direct_children_view": "record_direct_children_select",
-    "record_children_view": "record_children_select",
+    "record_direct_children_view": ("record_direct_children_select", _RECORD_MODULES, PLUGIN_TABLE_MARKER),
+    "record_children_view": ("record_children_select", _RECORD_MODULES, PLUGIN_TABLE_MARKER),
+    "dataset_direct_records_view": ("dataset_records_select", _DATASET_MODULES, DATASET_TABLE_MARKER),
 }
 
 
@@ -46,14 +71,14 @@ def install_schema(db_config: DatabaseConfig) -> None:
     try:
         with engine.begin() as conn:
             # The after_create listener adds the deletion trigger when the record table is created here.
-            BaseORM.metadata.create_all(conn, tables=plugin_models.PLUGIN_TABLES, checkfirst=True)
+            BaseORM.metadata.create_all(conn, tables=TABLES, checkfirst=True)
             has_trigger = conn.execute(
                 text("SELECT 1 FROM pg_trigger WHERE tgname = :name"), {"name": plugin_models.DELETE_TRIGGER_NAME}
             ).first()
             if has_trigger is None:
                 conn.execute(plugin_models._del_baserecord_trigger)
-            for view, attr in VIEWS.items():
-                conn.execute(text(f"CREATE OR REPLACE VIEW {view} AS {_view_sql(attr)}"))
+            for view, (attr, modules, _) in VIEWS.items():
+                conn.execute(text(f"CREATE OR REPLACE VIEW {view} AS {_view_sql(attr, modules)}"))
             conn.execute(delete(plugin_models.QCMBSchemaVersionORM))
             conn.execute(
                 plugin_models.QCMBSchemaVersionORM.__table__.insert().values(
@@ -73,15 +98,15 @@ def schema_problems(engine: Engine) -> list[str]:
         def scalar(sql: str, **params: str):
             return conn.execute(text(sql), params).scalar()
 
-        for table in plugin_models.PLUGIN_TABLES:
+        for table in TABLES:
             if scalar("SELECT to_regclass(:name)", name=table.name) is None:
                 problems.append(f"table {table.name} is missing")
         if scalar("SELECT 1 FROM pg_trigger WHERE tgname = :name", name=plugin_models.DELETE_TRIGGER_NAME) is None:
             problems.append(f"deletion trigger {plugin_models.DELETE_TRIGGER_NAME} is missing")
-        for view in VIEWS:
+        for view, (_, _, marker) in VIEWS.items():
             definition = scalar("SELECT pg_get_viewdef(to_regclass(:name))", name=view)
-            if definition is None or PLUGIN_TABLE_MARKER not in definition:
-                problems.append(f"view {view} does not include {PLUGIN_TABLE_MARKER}")
+            if definition is None or marker not in definition:
+                problems.append(f"view {view} does not include {marker}")
         if not problems:
             stamp = scalar(f"SELECT schema_version FROM {plugin_models.QCMBSchemaVersionORM.__tablename__}")
             if stamp != SCHEMA_VERSION:

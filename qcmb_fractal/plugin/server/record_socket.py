@@ -498,9 +498,13 @@ class QCMBManyBodyRecordSocket(BaseRecordSocket):
         creator_user: int | str | None,
         find_existing: bool,
         *,
+        names: Sequence[str] | None = None,
         session: Session | None = None,
     ) -> tuple[InsertMetadata, list[int | None]]:
-        """Add records after checking every molecule with the specification (InputError → HTTP 400)."""
+        """Add records after checking every molecule with the specification (InputError → HTTP 400).
+
+        ``names`` say what each molecule is in a refusal (a dataset names the entry and specification).
+        """
         compute_tag = compute_tag.lower()
         spec_hash = specification_hash(spec)
         with self.root_socket.optional_session(session, False) as session:
@@ -514,7 +518,8 @@ class QCMBManyBodyRecordSocket(BaseRecordSocket):
                 try:
                     validated_plan(mol, spec, self.max_children)
                 except InputError as err:
-                    raise UserReportableError(f"molecule {i} (id {mol_id}): {err}") from None
+                    what = names[i] if names else f"molecule {i}"
+                    raise UserReportableError(f"{what} (id {mol_id}): {err}") from None
 
             all_orm = []
             for mol_id in mol_ids:

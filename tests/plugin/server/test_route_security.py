@@ -100,3 +100,26 @@ def test_submitter_submits_and_reading_follows_the_server_rules(secured):
         with pytest.raises(Exception) as refused:  # QCPortal refuses at login: the server needs a user
             qcmb_level_status(login(uri, None), rid)
         assert "requires login" in str(refused.value) and "Traceback" not in str(refused.value)
+
+
+def test_only_users_who_may_modify_datasets_build_and_submit_qcmb_manybody_datasets(secured):
+    from qcportal.client_base import PortalRequestError
+    from qcportal.record_models import RecordStatusEnum
+
+    uri, _ = secured
+    mine = login(uri, "submitter").add_dataset("qcmb_manybody", "secured campaign")
+    mine.add_specification("gfn2", SPEC)
+    mine.add_entry("dimer", portal_molecule(water_cluster(2, shift=11.0)))
+    theirs = login(uri, "reader").get_dataset("qcmb_manybody", "secured campaign")
+    assert theirs.entry_names == ["dimer"] and theirs.specification_names == ["gfn2"]
+    trimer = portal_molecule(water_cluster(3, shift=11.0))
+    for refused in (
+        lambda: theirs.add_entry("trimer", trimer),
+        lambda: theirs.add_specification("other", SPEC),
+        lambda: theirs.submit(),
+        lambda: theirs.delete_entries("dimer"),
+    ):
+        with pytest.raises(PortalRequestError, match="Role 'read' is not authorized"):
+            refused()
+    assert mine.submit().n_inserted == 1
+    assert theirs.status() == {"gfn2": {RecordStatusEnum.waiting: 1}}
