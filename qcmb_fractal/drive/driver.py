@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from qcelemental.models.v2 import AtomicResult
 from qcmanybody.models.v2 import ManyBodyResult
 
-from qcmb_fractal.drive.state import ComponentProperties, DriverState, TaskRecord, TaskStatus
+from qcmb_fractal.drive.state import ComponentProperties, DriverState, FailureKind, TaskRecord, TaskStatus
 from qcmb_fractal.errors import RunFailed
 from qcmb_fractal.plan import FragmentTask, Plan
 
@@ -143,21 +143,30 @@ class ManyBodyDriver:
             status=TaskStatus.complete,
             properties=properties,
             error=None,
+            failure=None,
             worker=worker,
             wall_time=wall_time,
             reference=reference,
         )
 
-    def record_failure(self, key: str, error: str, *, worker: str | None = None, retry: bool = True) -> bool:
+    def record_failure(
+        self,
+        key: str,
+        error: str,
+        *,
+        kind: FailureKind | None = None,
+        worker: str | None = None,
+        retry: bool = True,
+    ) -> bool:
         """Count a failed attempt; returns True when the task goes back to the queue for another try.
 
-        ``retry=False`` fails the task for good at once: the error is in the input, another try gives the same.
+        An input error (``kind``) or ``retry=False`` fails the task for good at once: another try gives the same.
         """
         rec = self.record(key)
         attempts = rec.attempts + 1
-        retry = retry and attempts < self.state.max_attempts
+        retry = retry and (kind is None or kind.retryable) and attempts < self.state.max_attempts
         status = TaskStatus.waiting if retry else TaskStatus.error
-        self._set(key, status=status, attempts=attempts, error=error, worker=worker)
+        self._set(key, status=status, attempts=attempts, error=error, failure=kind, worker=worker)
         task = self.plan.by_hash[key]
         logger.warning(
             "%s failed on %s (attempt %d of %d)%s: %s",
@@ -174,6 +183,35 @@ class ManyBodyDriver:
         """Give a handed-out task back unrun (e.g. its backend stopped), without counting an attempt."""
         if self.record(key).status is TaskStatus.running:
             self._set(key, status=TaskStatus.waiting)
+
+    def release_running(self) -> int:
+        """Give back every handed-out task (the run stops); returns how many there were."""
+        running = [k for k, rec in self.state.tasks.items() if rec.status is TaskStatus.running]
+        for key in running:
+            self._set(key, status=TaskStatus.waiting)
+        return len(running)
+
+    def restart_failed(self, key: str) -> None:
+        """A task that failed for good runs again with fresh attempts (its record was reset after a fix);
+        it counts as handed out, since whoever reset it runs it."""
+        if self.record(key).status is TaskStatus.error:
+            self._set(key, status=TaskStatus.running, attempts=0)
+
+    def count(self, status: TaskStatus) -> int:
+        """How many of the plan's tasks are in ``status``."""
+        if status is TaskStatus.waiting:
+            return sum(1 for t in self.plan.tasks if self.status(t) is TaskStatus.waiting)
+        return sum(1 for rec in self.state.tasks.values() if rec.status is status)
+
+    @property
+    def failed_attempts(self) -> int:
+        """Failed attempts over all tasks (a complete task's earlier failures included)."""
+        return sum(rec.attempts for rec in self.state.tasks.values())
+
+    def failed_records(self) -> list[tuple[FragmentTask, TaskRecord]]:
+        """Every task that failed for good with its record, by label."""
+        out = [(self.plan.by_hash[k], rec) for k, rec in self.state.tasks.items() if rec.status is TaskStatus.error]
+        return sorted(out, key=lambda pair: pair[0].label)
 
     def reset_errors(self) -> int:
         """Give failed-for-good tasks a fresh set of attempts (after the user fixed the cause)."""

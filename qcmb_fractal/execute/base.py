@@ -12,10 +12,11 @@ import pkgutil
 from concurrent.futures import Future
 from typing import Any, ClassVar
 
+from pebble import ProcessExpired
 from pydantic import BaseModel
 from qcelemental.models.v2 import AtomicResult
 
-from qcmb_fractal.drive.state import ComponentProperties
+from qcmb_fractal.drive.state import ComponentProperties, FailureKind
 from qcmb_fractal.errors import InputError
 from qcmb_fractal.plan import FragmentTask, Plan
 
@@ -28,9 +29,31 @@ class TaskOutcome(BaseModel):
     properties: ComponentProperties | None = None
     result: AtomicResult | None = None
     error: str | None = None
+    kind: FailureKind | None = None  # set on every failure
     worker: str = "?"
     wall_time: float = 0.0
     reference: str | None = None
+
+    @classmethod
+    def failure(cls, hash: str, kind: FailureKind, error: str, **details: Any) -> "TaskOutcome":
+        return cls(hash=hash, success=False, kind=kind, error=error, **details)
+
+    @classmethod
+    def from_exception(cls, hash: str, exc: BaseException, **details: Any) -> "TaskOutcome":
+        """The failed outcome of a task whose future raised ``exc`` (its worker died, it timed out, ...)."""
+        return cls.failure(hash, *describe_exception(exc), **details)
+
+
+def describe_exception(exc: BaseException) -> tuple[FailureKind, str]:
+    """What a task's future raised, as a failure kind and one line a person can act on."""
+    if isinstance(exc, ProcessExpired):
+        code = exc.exitcode
+        how = f"signal {-code}" if isinstance(code, int) and code < 0 else f"exit code {code}"
+        return FailureKind.crash, f"worker process died ({how}) while running this calculation"
+    if isinstance(exc, TimeoutError):
+        detail = f" ({exc})" if str(exc) else ""
+        return FailureKind.timeout, f"calculation exceeded the per-task timeout{detail} and was killed"
+    return FailureKind.crash, f"{type(exc).__name__}: {exc}"
 
 
 class Backend(abc.ABC):

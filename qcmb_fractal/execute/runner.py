@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from qcmanybody.models.v2 import ManyBodyResult
 from tqdm import tqdm
 
-from qcmb_fractal.drive import ComponentProperties, DriverState, TaskStatus, make_driver
+from qcmb_fractal.drive import ComponentProperties, DriverState, make_driver
 from qcmb_fractal.errors import RunFailed
 from qcmb_fractal.execute.base import Backend, TaskOutcome
 from qcmb_fractal.execute.checkpoint import Checkpoint
@@ -33,18 +33,6 @@ class RunStats(BaseModel):
     task_time: dict[str, float]
     worker_busy: dict[str, float]
     utilization: float | None = None
-
-
-def describe_error(exc: BaseException) -> str:
-    """Turn what a backend raised into one line a person can act on."""
-    name = type(exc).__name__
-    if name == "ProcessExpired":
-        code = getattr(exc, "exitcode", None)
-        how = f"signal {-code}" if isinstance(code, int) and code < 0 else f"exit code {code}"
-        return f"worker process died ({how}) while running this calculation"
-    if isinstance(exc, TimeoutError):
-        return f"calculation exceeded the per-task timeout{f' ({exc})' if str(exc) else ''} and was killed"
-    return f"{name}: {exc}"
 
 
 class Runner:
@@ -134,8 +122,7 @@ class Runner:
             return True
         self.failed_attempts += 1
         error = outcome.error or "unknown error"
-        # QCEngine's input_error (unknown method, basis, keyword) fails the same way every time
-        self.driver.record_failure(task.hash, error, worker=outcome.worker, retry=not error.startswith("input_error"))
+        self.driver.record_failure(task.hash, error, kind=outcome.kind, worker=outcome.worker)
         return False
 
     def run(self) -> ManyBodyResult:
@@ -161,7 +148,7 @@ class Runner:
                     try:
                         outcome = fut.result()
                     except Exception as exc:
-                        outcome = TaskOutcome(hash=task.hash, success=False, error=describe_error(exc))
+                        outcome = TaskOutcome.from_exception(task.hash, exc)
                     known = len(self.plan.tasks)
                     if self._accept(task, outcome, keep):
                         bars[task.level].update(1)
@@ -172,9 +159,7 @@ class Runner:
             for fut in pending:
                 fut.cancel()
             # also the batch being submitted when it happened: those tasks never reached ``pending``
-            for key, rec in list(self.driver.state.tasks.items()):
-                if rec.status is TaskStatus.running:
-                    self.driver.release(key)
+            self.driver.release_running()
             raise
         finally:
             for bar in bars.values():

@@ -11,7 +11,7 @@ import traceback
 
 from pydantic import BaseModel, Field
 
-from qcmb_fractal.drive.state import ComponentProperties
+from qcmb_fractal.drive.state import ComponentProperties, FailureKind
 from qcmb_fractal.execute.base import TaskOutcome
 from qcmb_fractal.logs import LogSettings, configure_logging, current_log_settings
 from qcmb_fractal.plan import FragmentBuilder, FragmentTask
@@ -79,10 +79,10 @@ def run_fragment(task: FragmentTask) -> TaskOutcome:
         atomic = _BUILDER.atomic_input(task)
         result = qcengine.compute(atomic, task.program, raise_error=False, task_config=task_config(_CONFIG))
     except Exception:  # a harness bug must become a reported failure, not a dead worker
-        return TaskOutcome(
-            hash=task.hash,
-            success=False,
-            error=traceback.format_exc(limit=3),
+        return TaskOutcome.failure(
+            task.hash,
+            FailureKind.program_error,
+            traceback.format_exc(limit=3),
             worker=name,
             wall_time=time.perf_counter() - start,
         )
@@ -90,8 +90,9 @@ def run_fragment(task: FragmentTask) -> TaskOutcome:
     if not result.success:
         err = result.error
         message = f"{err.error_type}: {err.error_message}" if err else "program reported failure"
+        kind = FailureKind.from_error_type(err.error_type if err else None)
         logger.info("%s failed on %s after %.2f s", task.label, name, wall)
-        return TaskOutcome(hash=task.hash, success=False, error=message, worker=name, wall_time=wall)
+        return TaskOutcome.failure(task.hash, kind, message, worker=name, wall_time=wall)
     logger.debug("%s done on %s in %.2f s", task.label, name, wall)
     return TaskOutcome(
         hash=task.hash,

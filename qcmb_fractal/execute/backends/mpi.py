@@ -39,11 +39,11 @@ from typing import Any
 from pebble import ProcessPool
 from pydantic import BaseModel
 
+from qcmb_fractal.drive.state import FailureKind
 from qcmb_fractal.errors import InputError
 from qcmb_fractal.execute.backends.local import scratch_prefix, sweep_stale_scratch
 from qcmb_fractal.execute.base import Backend, TaskOutcome, add_option
 from qcmb_fractal.execute.resources import select_resources
-from qcmb_fractal.execute.runner import describe_error
 from qcmb_fractal.execute.worker import WorkerConfig, init_worker, run_fragment
 from qcmb_fractal.plan import FragmentTask, Plan
 
@@ -452,7 +452,7 @@ class _Hub:
         peer.alive = False
         for task, fut in peer.outstanding.values():
             self.failed_on.setdefault(task.hash, set()).add(peer.rank)
-            fut.set_result(TaskOutcome(hash=task.hash, success=False, error=why, worker=peer.name))
+            fut.set_result(TaskOutcome.failure(task.hash, FailureKind.crash, why, worker=peer.name))
         peer.outstanding.clear()
 
     def fail_all(self, why: str) -> None:
@@ -640,7 +640,7 @@ class _WorkerRank:
         try:
             outcome = fut.result()
         except Exception as exc:
-            outcome = TaskOutcome(hash=task.hash, success=False, error=describe_error(exc), worker=self.name)
+            outcome = TaskOutcome.from_exception(task.hash, exc, worker=self.name)
         if not self.outbox:
             self.first_unsent = time.perf_counter()
         self.outbox.append(outcome)

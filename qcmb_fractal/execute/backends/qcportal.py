@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import BaseModel, SecretStr
 from qcelemental.models.v2 import AtomicInput, AtomicProperties, AtomicResult, Provenance
 
-from qcmb_fractal.drive.state import ComponentProperties
+from qcmb_fractal.drive.state import ComponentProperties, FailureKind
 from qcmb_fractal.errors import InputError
 from qcmb_fractal.execute.base import Backend, TaskOutcome, add_option
 from qcmb_fractal.plan import FragmentTask, Plan
@@ -387,7 +387,7 @@ class QCPortalBackend(Backend):
         subs = queued + [s for group in self._pending.values() for s in group]
         self._pending.clear()
         for s in subs:
-            self._resolve(s, TaskOutcome(hash=s.task.hash, success=False, error=message, worker=self._where))
+            self._resolve(s, TaskOutcome.failure(s.task.hash, FailureKind.crash, message, worker=self._where))
 
     @staticmethod
     def _resolve(sub: _Submission, outcome: TaskOutcome) -> None:
@@ -442,7 +442,8 @@ class QCPortalBackend(Backend):
         for idx, ((sub, _), rid) in enumerate(zip(batch, ids, strict=True)):
             if rid is None or idx in refused:
                 error = f"the server refused this singlepoint: {refused.get(idx)}"
-                self._resolve(sub, TaskOutcome(hash=sub.task.hash, success=False, error=error, worker=self._where))
+                outcome = TaskOutcome.failure(sub.task.hash, FailureKind.input_error, error, worker=self._where)
+                self._resolve(sub, outcome)
             else:
                 self._pending[rid].append(sub)
         new = len(meta.inserted_idx)
@@ -516,13 +517,24 @@ class QCPortalBackend(Backend):
             "reference": str(record.id),
         }
         if status != "complete":
-            return TaskOutcome(success=False, error=self._error_text(record), **common)
+            return TaskOutcome(success=False, kind=self._failure_kind(record), error=self._error_text(record), **common)
         try:
             result = record_to_result(record, self.plan.atomic_input(task), task.program)
             properties = ComponentProperties.from_atomic_result(result)
         except Exception as exc:  # malformed record: a failed attempt, not a dead I/O thread
-            return TaskOutcome(success=False, error=f"record {record.id} unreadable: {exc}", **common)
+            error = f"record {record.id} unreadable: {exc}"
+            return TaskOutcome(success=False, kind=FailureKind.program_error, error=error, **common)
         return TaskOutcome(success=True, properties=properties, result=result, **common)
+
+    @staticmethod
+    def _failure_kind(record: Any) -> FailureKind:
+        """An errored record's kind from its error_type; cancelled or deleted on the server, it was lost."""
+        if record.status.value != "error":
+            return FailureKind.crash
+        try:
+            return FailureKind.from_error_type((record.error or {}).get("error_type"))
+        except Exception:  # the error text is fetched on demand and may be unavailable
+            return FailureKind.program_error
 
     def _error_text(self, record: Any) -> str:
         status = record.status.value
