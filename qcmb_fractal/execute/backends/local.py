@@ -23,7 +23,7 @@ import psutil
 from pebble import ProcessExpired, ProcessPool
 
 from qcmb_fractal.errors import InputError
-from qcmb_fractal.execute.base import Backend, add_option
+from qcmb_fractal.execute.base import Backend
 from qcmb_fractal.execute.resources import Resources, apply_worker_limits, check_disk, select_resources
 from qcmb_fractal.execute.worker import WorkerConfig, init_worker, run_fragment
 from qcmb_fractal.plan import FragmentTask, Plan
@@ -70,6 +70,8 @@ def _reap_dead_worker(future: Future) -> None:
 
 class LocalBackend(Backend):
     name = "local"
+    summary = "Worker processes on this machine (the default)."
+    shared_options = ("--memory", "--cores-per-task", "--scratch", "--timeout")
 
     def __init__(
         self,
@@ -95,11 +97,7 @@ class LocalBackend(Backend):
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        add_option(group, "--workers", type=int, help="worker processes (default: what cores and memory allow)")
-        add_option(group, "--memory", type=float, help="memory per task in GiB (default: free memory / workers)")
-        add_option(group, "--cores-per-task", type=int, help="cores per task (default: cores / workers)")
-        add_option(group, "--scratch", help="parent directory for scratch files (default: the system's temp)")
-        add_option(group, "--timeout", type=float, help="seconds before a single calculation is killed")
+        group.add_argument("--workers", type=int, help="worker processes (default: what cores and memory allow)")
 
     @classmethod
     def from_arguments(cls, args: argparse.Namespace) -> "LocalBackend":
@@ -229,5 +227,3 @@ def _init_named_worker(config: WorkerConfig) -> None:
     apply_worker_limits(config.memory)
     init_worker(config.model_copy(update={"name": f"local-worker-{os.getpid()}"}))
 
-
-BACKEND = LocalBackend

@@ -42,7 +42,7 @@ from pydantic import BaseModel
 from qcmb_fractal.drive.state import FailureKind
 from qcmb_fractal.errors import InputError
 from qcmb_fractal.execute.backends.local import scratch_prefix, sweep_stale_scratch
-from qcmb_fractal.execute.base import Backend, TaskOutcome, add_option
+from qcmb_fractal.execute.base import Backend, TaskOutcome
 from qcmb_fractal.execute.resources import select_resources
 from qcmb_fractal.execute.worker import WorkerConfig, init_worker, run_fragment
 from qcmb_fractal.plan import FragmentTask, Plan
@@ -123,6 +123,8 @@ class MPIBackend(Backend):
     """Construct on every rank; rank 0 uses it as a backend, the others call :meth:`serve`."""
 
     name = "mpi"
+    summary = "Under mpiexec -n N: rank 0 drives, the other N-1 ranks compute."
+    shared_options = ("--memory", "--cores-per-task", "--scratch", "--timeout")
 
     def __init__(
         self,
@@ -172,19 +174,6 @@ class MPIBackend(Backend):
     @property
     def is_driver(self) -> bool:
         return self.rank == 0
-
-    @classmethod
-    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        add_option(
-            group, "--memory", type=float, help="memory per task in GiB (default: free memory of the node / its ranks)"
-        )
-        add_option(
-            group, "--cores-per-task", type=int, help="cores per task (default: the node's cores / its worker ranks)"
-        )
-        add_option(
-            group, "--scratch", help="parent directory for scratch files on each node (default: the system's temp)"
-        )
-        add_option(group, "--timeout", type=float, help="seconds before a single calculation is killed")
 
     @classmethod
     def from_arguments(cls, args: argparse.Namespace) -> "MPIBackend":
@@ -675,5 +664,3 @@ def init_rank_child(config: WorkerConfig) -> None:
     os.environ.update(clean)
     init_worker(config)
 
-
-BACKEND = MPIBackend

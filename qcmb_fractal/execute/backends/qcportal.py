@@ -29,7 +29,7 @@ from qcelemental.models.v2 import AtomicInput, AtomicProperties, AtomicResult, P
 
 from qcmb_fractal.drive.state import ComponentProperties, FailureKind
 from qcmb_fractal.errors import InputError
-from qcmb_fractal.execute.base import Backend, TaskOutcome, add_option
+from qcmb_fractal.execute.base import Backend, TaskOutcome
 from qcmb_fractal.plan import FragmentTask, Plan
 
 logger = logging.getLogger(__name__)
@@ -218,6 +218,7 @@ def record_to_result(record: Any, atomic: AtomicInput, program: str) -> AtomicRe
 
 class QCPortalBackend(Backend):
     name = "qcportal"
+    summary = "Plain singlepoint records on any QCFractal server; its compute managers run them."
 
     def __init__(
         self,
@@ -255,19 +256,20 @@ class QCPortalBackend(Backend):
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        add_option(
-            group,
+        group.add_argument(
             "--server",
             help="QCFractal server URL, or the name of an entry in qcportal_config.yaml "
             "(default: $QCPORTAL_ADDRESS or the file's address)",
         )
-        add_option(group, "--username", help=f"user on the server; the password comes from ${PASSWORD_ENV} or a prompt")
-        add_option(group, "--qcportal-config", help="a qcportal_config.yaml (default: ./ then ~/.qca/)")
-        add_option(group, "--no-verify-ssl", action="store_true", help="accept a self-signed server certificate")
-        add_option(group, "--tag", help="compute tag routing the calculations to managers (default: *)")
-        add_option(group, "--priority", choices=PRIORITIES, help="compute priority on the server (default: normal)")
-        add_option(
-            group, "--poll-interval", type=float, help="longest wait in seconds between status polls (default: 10)"
+        group.add_argument(
+            "--username", help=f"user on the server; the password comes from ${PASSWORD_ENV} or a prompt"
+        )
+        group.add_argument("--qcportal-config", help="a qcportal_config.yaml (default: ./ then ~/.qca/)")
+        group.add_argument("--no-verify-ssl", action="store_true", help="accept a self-signed server certificate")
+        group.add_argument("--tag", help="compute tag routing the calculations to managers (default: *)")
+        group.add_argument("--priority", choices=PRIORITIES, help="compute priority on the server (default: normal)")
+        group.add_argument(
+            "--poll-interval", type=float, help="longest wait in seconds between status polls (default: 10)"
         )
 
     @classmethod
@@ -545,6 +547,3 @@ class QCPortalBackend(Backend):
         except Exception as exc:
             return f"singlepoint record {record.id} errored (error text unavailable: {exc})"
         return f"{err.get('error_type', 'error')}: {err.get('error_message', '')} (record {record.id})".strip()
-
-
-BACKEND = QCPortalBackend
