@@ -19,7 +19,7 @@ import pytest
 from qcmanybody.v2.computer import ManyBodyComputer
 
 from qcmb_fractal.errors import InputError
-from qcmb_fractal.execute.backends.local import SCRATCH_PREFIX
+from qcmb_fractal.execute.pool import SCRATCH_PREFIX
 from qcmb_fractal.outputs import write_output
 from qcmb_fractal.plan import load_input
 from qcmb_fractal.testing.local_faults import install_fault_nwchem, tagged_processes

@@ -1,13 +1,16 @@
 """What runs inside a compute process (a local pool worker or an MPI rank).
 
 A worker is set up once per run: it receives the ManyBodyInput, builds its own fragment molecules, and
-pays QCEngine's start-up (~1 s CPU probe) once instead of per task.
+pays QCEngine's start-up once instead of per task; QCEngine's per-machine values come from the process that
+started it (:func:`qcmb_fractal.execute.pool.machine_globals`), so no worker runs py-cpuinfo's ~1 s probe.
 """
 
+import json
 import logging
 import os
 import time
 import traceback
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -30,6 +33,7 @@ class WorkerConfig(BaseModel):
     name: str = "worker"
     log_level: int = logging.WARNING
     log: LogSettings | None = Field(default_factory=current_log_settings)  # the CLI's, when it set them
+    machine: dict[str, Any] | None = None  # qcengine.config.get_global() as read once by the starting process
 
 
 _BUILDER: FragmentBuilder | None = None
@@ -53,7 +57,10 @@ def init_worker(config: WorkerConfig) -> None:
     multiprocessing.current_process().name = config.name
     configure_logging(config.log or LogSettings(level=config.log_level))
     _CONFIG = config
-    _BUILDER = FragmentBuilder(manybody_input(__import__("json").loads(config.input_json)))
+    _BUILDER = FragmentBuilder(manybody_input(json.loads(config.input_json)))
+    if config.machine is not None:
+        # QCEngine caches these per process in this module global; filling it skips its CPU probe
+        qcengine.config._global_values = dict(config.machine)
     qcengine.get_config(task_config=task_config(config))
     logger.debug("%s ready (%d cores, %s GiB per task)", config.name, config.ncores, config.memory)
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from qcmb_fractal.execute import Checkpoint, Runner
-from qcmb_fractal.execute.backends.local import SCRATCH_PREFIX, LocalBackend
+from qcmb_fractal.execute.backends.local import LocalBackend
+from qcmb_fractal.execute.pool import SCRATCH_PREFIX
 from qcmb_fractal.plan import Plan, plain_input
 
 WATER_DIMER = {

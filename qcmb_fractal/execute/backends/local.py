@@ -1,8 +1,7 @@
-"""The embedded default: a pool of long-lived worker processes on this machine.
+"""The embedded default: a pool of long-lived worker processes on this machine (:class:`WarmPool`).
 
-Pebble's pool (not ``concurrent.futures``) because it kills a task that outlives its timeout and
-replaces a worker that dies, where the standard pool would break as a whole. Workers are spawned, not
-forked, so no QC library state leaks into them, and they live for the whole run.
+Each worker runs in its own process group and dies with the driver, so neither a terminal's Ctrl-C nor a
+SIGKILLed driver leaves QC programs running.
 """
 
 import argparse
@@ -10,48 +9,27 @@ import contextlib
 import ctypes
 import logging
 import math
-import multiprocessing
 import os
 import shutil
 import signal
-import socket
 import tempfile
 from concurrent.futures import Future
 from pathlib import Path
 
-import psutil
-from pebble import ProcessExpired, ProcessPool
+from pebble import ProcessExpired
 
 from qcmb_fractal.errors import InputError
 from qcmb_fractal.execute.base import Backend
+from qcmb_fractal.execute.pool import WarmPool, make_scratch
 from qcmb_fractal.execute.resources import Resources, apply_worker_limits, check_disk, select_resources
-from qcmb_fractal.execute.worker import WorkerConfig, init_worker, run_fragment
+from qcmb_fractal.execute.worker import WorkerConfig, init_worker
 from qcmb_fractal.plan import FragmentTask, Plan
 from qcmb_fractal.plan.inputs import installed_programs
 
 logger = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
-SCRATCH_PREFIX = "qcmb-scratch-"
 SCRATCH_PER_TASK_BYTES = 64 * 2**20  # per running task and n-body level: NWChem HF/sto-3g needs far less
-
-
-def scratch_prefix() -> str:
-    """Name prefix of this process's scratch directory: pid plus host, so scratch on a shared filesystem
-    is only ever swept by the host that made it (see sweep_stale_scratch)."""
-    return f"{SCRATCH_PREFIX}{os.getpid()}-{socket.gethostname()}-"
-
-
-def sweep_stale_scratch(parent: Path) -> None:
-    """Remove scratch trees left by runs on this host that were SIGKILLed (their pid is gone)."""
-    host = socket.gethostname()
-    for path in parent.glob(f"{SCRATCH_PREFIX}*"):
-        pid_text, _, rest = path.name[len(SCRATCH_PREFIX) :].partition("-")
-        if not pid_text.isdigit() or not rest.startswith(f"{host}-") or path.is_symlink():
-            continue
-        if not psutil.pid_exists(int(pid_text)):
-            logger.info("removing stale scratch %s of dead run %s", path, pid_text)
-            shutil.rmtree(path, ignore_errors=True)
 
 
 def _kill_group(pgid: int) -> None:
@@ -88,7 +66,7 @@ class LocalBackend(Backend):
         self.scratch_parent = Path(scratch) if scratch else Path(tempfile.gettempdir())
         self.timeout = timeout
         self.scratch_dir: Path | None = None
-        self.pool: ProcessPool | None = None
+        self.pool: WarmPool | None = None
         self._checked_levels: set[int] = set()
 
     @property
@@ -109,23 +87,6 @@ class LocalBackend(Backend):
             timeout=args.timeout,
         )
 
-    def _prepare_scratch(self) -> Path:
-        parent = self.scratch_parent
-        if parent.exists() and not parent.is_dir():
-            raise InputError(f"--scratch {parent} is not a directory; give a directory for scratch files.")
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise InputError(f"cannot create scratch directory {parent}: {err.strerror}.") from None
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise InputError(f"scratch directory {parent} is not writable; choose another --scratch.")
-        sweep_stale_scratch(parent)
-        check_disk(parent, SCRATCH_PER_TASK_BYTES * self.workers)
-        try:
-            return Path(tempfile.mkdtemp(prefix=scratch_prefix(), dir=parent))
-        except OSError as err:
-            raise InputError(f"cannot create scratch files under {parent}: {err.strerror}.") from None
-
     def start(self, plan: Plan) -> None:
         programs = {entry["program"].lower() for entry in plan.builder.specifications.values()}
         missing = sorted(programs - set(installed_programs()))
@@ -134,7 +95,7 @@ class LocalBackend(Backend):
                 f"program {', '.join(missing)} is not installed on this machine (QCEngine finds "
                 f"{', '.join(installed_programs()) or 'none'}); install it or use a backend whose workers have it."
             )
-        self.scratch_dir = self._prepare_scratch()
+        self.scratch_dir = make_scratch(self.scratch_parent, SCRATCH_PER_TASK_BYTES * self.workers)
         res = self.resources
         logger.info(
             "local backend: %d workers × %d cores, %.2f GiB per task, scratch %s",
@@ -143,21 +104,14 @@ class LocalBackend(Backend):
             res.memory,
             self.scratch_dir,
         )
-        input_json = plan.input.model_dump_json()
-        self.pool = ProcessPool(
-            max_workers=res.workers,
-            context=multiprocessing.get_context("spawn"),
-            initializer=_init_named_worker,
-            initargs=(
-                WorkerConfig(
-                    input_json=input_json,
-                    ncores=res.ncores,
-                    memory=res.memory,
-                    scratch_directory=str(self.scratch_dir),
-                    log_level=logging.getLogger().getEffectiveLevel(),
-                ),
-            ),
+        config = WorkerConfig(
+            input_json=plan.input.model_dump_json(),
+            ncores=res.ncores,
+            memory=res.memory,
+            scratch_directory=str(self.scratch_dir),
+            log_level=logging.getLogger().getEffectiveLevel(),
         )
+        self.pool = WarmPool(res.workers, config, _init_named_worker)
 
     @property
     def capacity(self) -> int:
@@ -183,7 +137,7 @@ class LocalBackend(Backend):
     def _schedule(self, task: FragmentTask) -> Future:
         if self.pool is None:
             raise RuntimeError("LocalBackend.start() must run before submit()")
-        future = self.pool.schedule(run_fragment, args=(task,), timeout=self.timeout)
+        future = self.pool.schedule(task, timeout=self.timeout)
         future.add_done_callback(_reap_dead_worker)
         return future
 
@@ -194,11 +148,7 @@ class LocalBackend(Backend):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         if self.pool is not None:
-            if cancel_futures or not wait:
-                self.pool.stop()
-            else:
-                self.pool.close()
-            self.pool.join()
+            self.pool.close(cancel=cancel_futures or not wait)
             self.pool = None
         if self.scratch_dir is not None:
             shutil.rmtree(self.scratch_dir, ignore_errors=True)

@@ -36,15 +36,14 @@ from concurrent.futures import Future, wait
 from pathlib import Path
 from typing import Any
 
-from pebble import ProcessPool
 from pydantic import BaseModel
 
 from qcmb_fractal.drive.state import FailureKind
 from qcmb_fractal.errors import InputError
-from qcmb_fractal.execute.backends.local import scratch_prefix, sweep_stale_scratch
 from qcmb_fractal.execute.base import Backend, TaskOutcome
+from qcmb_fractal.execute.pool import Inbox, WarmPool, make_scratch
 from qcmb_fractal.execute.resources import select_resources
-from qcmb_fractal.execute.worker import WorkerConfig, init_worker, run_fragment
+from qcmb_fractal.execute.worker import WorkerConfig, init_worker
 from qcmb_fractal.plan import FragmentTask, Plan
 
 logger = logging.getLogger(__name__)
@@ -158,10 +157,7 @@ class MPIBackend(Backend):
         self.scratch = str(scratch) if scratch else None
         self.timeout = timeout
         self.workers = self.size - 1
-        self._inbox: deque[tuple[FragmentTask, Future]] = deque()
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
+        self._inbox: Inbox[tuple[FragmentTask, Future]] = Inbox()
         self._thread: threading.Thread | None = None
         self._released = False
         self._error: BaseException | None = None
@@ -230,14 +226,12 @@ class MPIBackend(Backend):
         return self.submit_many([task])[0]
 
     def submit_many(self, tasks: list[FragmentTask]) -> list[Future]:
-        if self._thread is None or self._stop.is_set():
+        if self._thread is None or self._inbox.stopped.is_set():
             raise RuntimeError("MPIBackend.start() must run (on rank 0) before submit()")
         if self._error is not None:
             raise RuntimeError(f"the MPI communication thread failed: {self._error}")
         futures: list[Future] = [Future() for _ in tasks]
-        with self._lock:
-            self._inbox.extend(zip(tasks, futures, strict=True))
-        self._wake.set()
+        self._inbox.put(zip(tasks, futures, strict=True))
         return futures
 
     def _communicate(self) -> None:
@@ -245,24 +239,18 @@ class MPIBackend(Backend):
         hub = self._hub
         assert hub is not None
         try:
-            while not self._stop.is_set():
-                with self._lock:
-                    moved = list(self._inbox)
-                    self._inbox.clear()
+            while not self._inbox.stopped.is_set():
+                moved = self._inbox.take()
                 hub.queue.extend(moved)
                 busy = hub.receive() | hub.dispatch() | bool(moved)
                 if not busy:
-                    self._wake.wait(IDLE_POLL_SECONDS)
-                    self._wake.clear()
+                    self._inbox.wait(IDLE_POLL_SECONDS)
         except BaseException as exc:  # every future must resolve, or the Runner waits forever
             logger.exception("MPI communication thread failed")
             self._error = exc
             hub.fail_all(f"MPI communication failed: {exc}")
         finally:
-            with self._lock:
-                moved = list(self._inbox)
-                self._inbox.clear()
-            hub.queue.extend(moved)
+            hub.queue.extend(self._inbox.take())
             hub.fail_all("the MPI backend was shut down before this calculation ran")
             hub.release_workers()
 
@@ -274,8 +262,7 @@ class MPIBackend(Backend):
             if wait and not cancel_futures:
                 while self._thread.is_alive() and self._hub.busy():
                     time.sleep(IDLE_POLL_SECONDS)
-            self._stop.set()
-            self._wake.set()
+            self._inbox.stop()
             self._thread.join()
         else:
             _Hub(self.comm, self.MPI, []).release_workers(range(1, self.size))
@@ -506,7 +493,7 @@ class _WorkerRank:
         self.outbox: list[TaskOutcome] = []
         self.first_unsent = 0.0
         self.sends: list[Any] = []
-        self.pool: ProcessPool | None = None
+        self.pool: WarmPool | None = None
         self.scratch_dir: Path | None = None
         self.timeout: float | None = None
 
@@ -562,9 +549,7 @@ class _WorkerRank:
         parent = (
             Path(start.scratch) if start.scratch else Path(tempfile.gettempdir())
         ) / f"qcmb-mpi-{socket.gethostname()}"
-        parent.mkdir(parents=True, exist_ok=True)
-        sweep_stale_scratch(parent)
-        self.scratch_dir = Path(tempfile.mkdtemp(prefix=scratch_prefix(), dir=parent))
+        self.scratch_dir = make_scratch(parent)
         config = WorkerConfig(
             input_json=start.input_json,
             ncores=res.ncores,
@@ -574,12 +559,7 @@ class _WorkerRank:
             log_level=start.log_level,
         )
         self.timeout = start.timeout
-        self.pool = ProcessPool(
-            max_workers=1,
-            context=multiprocessing.get_context("spawn"),
-            initializer=init_rank_child,
-            initargs=(config,),
-        )
+        self.pool = WarmPool(1, config, init_rank_child)
         logger.debug("%s ready: %d cores, %.2f GiB per task", self.name, res.ncores, res.memory)
         return ReadyMessage(
             rank=self.rank, name=self.name, host=socket.gethostname(), ncores=res.ncores, memory=res.memory
@@ -611,7 +591,7 @@ class _WorkerRank:
                 active = True
             if running is None and self.pending and not stopping:
                 task = self.pending.popleft()
-                running = (task, self.pool.schedule(run_fragment, args=(task,), timeout=self.timeout))
+                running = (task, self.pool.schedule(task, timeout=self.timeout))
                 active = True
             self._flush(force=running is None or not self.pending)
             if stopping and running is not None:
@@ -645,8 +625,7 @@ class _WorkerRank:
 
     def _teardown(self) -> None:
         if self.pool is not None:
-            self.pool.stop()
-            self.pool.join()
+            self.pool.close(cancel=True)
             self.pool = None
         if self.scratch_dir is not None:
             shutil.rmtree(self.scratch_dir, ignore_errors=True)
