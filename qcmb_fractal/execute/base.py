@@ -112,6 +112,11 @@ SHARED_OPTIONS: dict[str, dict[str, Any]] = {
     "--cores-per-task": {"type": int, "help": "cores per task (default: cores / workers, per node under MPI)"},
     "--scratch": {"help": "parent directory for scratch files, on each node (default: the system's temp)"},
     "--timeout": {"type": float, "help": "seconds before a single calculation is killed"},
+    "--keep-stdout": {
+        "action": "store_true",
+        "help": "keep each calculation's whole result with the program's output (checkpoint, cluster_results); "
+        "by default only the properties the analysis reads are kept",
+    },
 }
 
 

@@ -34,10 +34,12 @@ class WorkerConfig(BaseModel):
     log_level: int = logging.WARNING
     log: LogSettings | None = Field(default_factory=current_log_settings)  # the CLI's, when it set them
     machine: dict[str, Any] | None = None  # qcengine.config.get_global() as read once by the starting process
+    keep_stdout: bool = False  # ship whole results back with the program's output, to keep in the checkpoint
 
 
 _BUILDER: FragmentBuilder | None = None
 _CONFIG: WorkerConfig | None = None
+_WHOLE_RESULTS = False  # whether the driver wants AtomicResults back, or only the properties it analyses
 
 
 def limit_threads(ncores: int) -> None:
@@ -48,7 +50,7 @@ def limit_threads(ncores: int) -> None:
 
 
 def init_worker(config: WorkerConfig) -> None:
-    global _BUILDER, _CONFIG
+    global _BUILDER, _CONFIG, _WHOLE_RESULTS
     limit_threads(config.ncores)
     import multiprocessing
 
@@ -57,7 +59,9 @@ def init_worker(config: WorkerConfig) -> None:
     multiprocessing.current_process().name = config.name
     configure_logging(config.log or LogSettings(level=config.log_level))
     _CONFIG = config
-    _BUILDER = FragmentBuilder(manybody_input(json.loads(config.input_json)))
+    inp = manybody_input(json.loads(config.input_json))
+    _BUILDER = FragmentBuilder(inp)
+    _WHOLE_RESULTS = config.keep_stdout or inp.specification.protocols.cluster_results.value == "all"
     if config.machine is not None:
         # QCEngine caches these per process in this module global; filling it skips its CPU probe
         qcengine.config._global_values = dict(config.machine)
@@ -101,11 +105,13 @@ def run_fragment(task: FragmentTask) -> TaskOutcome:
         logger.info("%s failed on %s after %.2f s", task.label, name, wall)
         return TaskOutcome.failure(task.hash, kind, message, worker=name, wall_time=wall)
     logger.debug("%s done on %s in %.2f s", task.label, name, wall)
+    if _WHOLE_RESULTS and not _CONFIG.keep_stdout:
+        result = result.model_copy(update={"stdout": None})
     return TaskOutcome(
         hash=task.hash,
         success=True,
         properties=ComponentProperties.from_atomic_result(result),
-        result=result,
+        result=result if _WHOLE_RESULTS else None,
         worker=name,
         wall_time=wall,
     )

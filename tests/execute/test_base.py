@@ -42,6 +42,7 @@ def test_every_backend_option_is_in_help_once_and_own_options_in_their_group() -
         "--cores-per-task",
         "--scratch",
         "--timeout",
+        "--keep-stdout",
     ]
     assert groups["local backend"] == ["--workers"]
     assert groups["mpi backend"] == []  # its options are all shared; the group says which it reads

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from pebble import ProcessExpired
 
-from qcmb_fractal.drive.state import FailureKind
+from qcmb_fractal.drive.state import ComponentProperties, FailureKind
 from qcmb_fractal.errors import RunFailed
 from qcmb_fractal.execute import Backend, Checkpoint, Runner, TaskOutcome
 from qcmb_fractal.execute import worker as worker_module
@@ -154,12 +154,17 @@ def test_cluster_results_survive_a_resume(tmp_path: Path) -> None:
     ck_path = tmp_path / "run.sqlite"
     first = Runner(plan, FaultInjectingInlineBackend(), checkpoint=Checkpoint(ck_path), progress=False).run()
     assert set(first.cluster_results) == {label for t in plan.tasks for label in t.labels}
+    assert all(r.stdout is None for r in first.cluster_results.values())  # not asked for (--keep-stdout)
     ck = Checkpoint(ck_path)
     ck.db.execute("DELETE FROM results WHERE hash = ?", (plan.tasks[0].hash,))
-    ck.db.commit()
+    # a row of a run that kept only properties cannot give this run its AtomicResult: computed again
+    slim = TaskOutcome(hash=plan.tasks[1].hash, success=True, properties=ComponentProperties(energy=-1.0))
+    ck.put(slim, plan.tasks[1].label)
+    ck.close()
     second = Runner(plan, FaultInjectingInlineBackend(), checkpoint=Checkpoint(ck_path), progress=False).run()
     assert set(second.cluster_results) == set(first.cluster_results)
-    assert second.extras["qcmb_fractal"]["computed"] == 1
+    assert second.extras["qcmb_fractal"]["computed"] == 2
+    assert second.return_result == first.return_result
     third = Runner(plan, FaultInjectingInlineBackend(), progress=False).run()  # no checkpoint at all
     assert set(third.cluster_results) == set(first.cluster_results)
 
@@ -192,6 +197,11 @@ def test_worker_reports_program_and_harness_failures(plan: Plan, monkeypatch: py
     out = run_fragment(bad_method.tasks[0])
     assert not out.success and out.error and "gfn9-xtb" in out.error and out.worker == "worker"
     assert out.kind is FailureKind.input_error
+    init_worker(WorkerConfig(input_json=plan.input.model_dump_json()))
+    done = run_fragment(task)
+    assert done.success and done.properties.energy is not None and done.result is None  # properties suffice
+    init_worker(WorkerConfig(input_json=plan.input.model_dump_json(), keep_stdout=True))
+    assert run_fragment(task).result.stdout  # asked for: the whole result, the program's output with it
 
     import qcengine
 

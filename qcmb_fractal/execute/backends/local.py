@@ -49,7 +49,7 @@ def _reap_dead_worker(future: Future) -> None:
 class LocalBackend(Backend):
     name = "local"
     summary = "Worker processes on this machine (the default)."
-    shared_options = ("--memory", "--cores-per-task", "--scratch", "--timeout")
+    shared_options = ("--memory", "--cores-per-task", "--scratch", "--timeout", "--keep-stdout")
 
     def __init__(
         self,
@@ -59,12 +59,14 @@ class LocalBackend(Backend):
         cores_per_task: int | None = None,
         scratch: str | Path | None = None,
         timeout: float | None = None,
+        keep_stdout: bool = False,
     ) -> None:
         if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
             raise InputError(f"--timeout must be a positive number of seconds, not {timeout}.")
         self.resources: Resources = select_resources(workers, memory, cores_per_task)
         self.scratch_parent = Path(scratch) if scratch else Path(tempfile.gettempdir())
         self.timeout = timeout
+        self.keep_stdout = keep_stdout
         self.scratch_dir: Path | None = None
         self.pool: WarmPool | None = None
         self._checked_levels: set[int] = set()
@@ -85,6 +87,7 @@ class LocalBackend(Backend):
             cores_per_task=args.cores_per_task,
             scratch=args.scratch,
             timeout=args.timeout,
+            keep_stdout=getattr(args, "keep_stdout", False),
         )
 
     def start(self, plan: Plan) -> None:
@@ -110,6 +113,7 @@ class LocalBackend(Backend):
             memory=res.memory,
             scratch_directory=str(self.scratch_dir),
             log_level=logging.getLogger().getEffectiveLevel(),
+            keep_stdout=self.keep_stdout,
         )
         self.pool = WarmPool(res.workers, config, _init_named_worker)
 

@@ -83,6 +83,7 @@ class StartMessage(BaseModel):
     scratch: str | None = None
     timeout: float | None = None
     log_level: int = logging.WARNING
+    keep_stdout: bool = False
 
 
 class ReadyMessage(BaseModel):
@@ -123,7 +124,7 @@ class MPIBackend(Backend):
 
     name = "mpi"
     summary = "Under mpiexec -n N: rank 0 drives, the other N-1 ranks compute."
-    shared_options = ("--memory", "--cores-per-task", "--scratch", "--timeout")
+    shared_options = ("--memory", "--cores-per-task", "--scratch", "--timeout", "--keep-stdout")
 
     def __init__(
         self,
@@ -132,6 +133,7 @@ class MPIBackend(Backend):
         cores_per_task: int | None = None,
         scratch: str | Path | None = None,
         timeout: float | None = None,
+        keep_stdout: bool = False,
     ) -> None:
         MPI = _mpi()
         self.MPI = MPI
@@ -156,6 +158,7 @@ class MPIBackend(Backend):
         self.cores_per_task = cores_per_task
         self.scratch = str(scratch) if scratch else None
         self.timeout = timeout
+        self.keep_stdout = keep_stdout
         self.workers = self.size - 1
         self._inbox: Inbox[tuple[FragmentTask, Future]] = Inbox()
         self._thread: threading.Thread | None = None
@@ -182,6 +185,7 @@ class MPIBackend(Backend):
             cores_per_task=getattr(args, "cores_per_task", None),
             scratch=getattr(args, "scratch", None),
             timeout=getattr(args, "timeout", None),
+            keep_stdout=getattr(args, "keep_stdout", False),
         )
         if not backend.is_driver:
             sys.exit(backend.serve())
@@ -202,6 +206,7 @@ class MPIBackend(Backend):
             scratch=self.scratch,
             timeout=self.timeout,
             log_level=logging.getLogger().getEffectiveLevel(),
+            keep_stdout=self.keep_stdout,
         )
         for dest in range(1, self.size):
             self.comm.send(message, dest=dest, tag=TAG_START)
@@ -557,6 +562,7 @@ class _WorkerRank:
             scratch_directory=str(self.scratch_dir),
             name=self.name,
             log_level=start.log_level,
+            keep_stdout=start.keep_stdout,
         )
         self.timeout = start.timeout
         self.pool = WarmPool(1, config, init_rank_child)
