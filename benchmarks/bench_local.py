@@ -13,7 +13,8 @@ per stored result. Targets (issue 9): the 41-task xtb job at <= 1.0x of serial (
 MBE(3) >= 1.8x faster than serial; checkpoint <= 2 KB per xtb result, <= 5 KB per NWChem result.
 
 Run: ``python benchmarks/bench_local.py`` (xtb (H2O)6 MBE(3), 41 tasks); add ``--large`` for xtb (H2O)20
-MBE(3) (1350 tasks) and ``--nwchem`` for NWChem HF/sto-3g (H2O)3 MBE(3) nocp+cp.
+MBE(3) (1350 tasks), ``--nwchem`` for NWChem HF/sto-3g (H2O)3 MBE(3) nocp+cp and ``--planning`` for the
+time and peak memory of planning a 64-water MBE(3) (targets of issue 2: <= 5 s, < 1 GiB).
 """
 
 import argparse
@@ -95,6 +96,21 @@ def driver_script(stats_path: str, argv: list[str]) -> int:
     return code
 
 
+def planning_script(waters: int) -> None:
+    """Validate the input and enumerate/hash every task of an MBE(3), no molecule built; prints JSON."""
+    from qcmb_fractal.plan import Plan
+    from qcmb_fractal.testing.molecules import water_cluster
+    from qcmb_fractal.testing.reference import mbe_input
+
+    mol = water_cluster(waters)
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    plan = Plan(mbe_input(mol, {"mc": ("xtb", "gfn2-xtb", None)}, {3: "mc"}, bsse=["nocp"]))
+    wall = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"wall": wall, "tasks": len(plan.tasks), "peak_mib": peak, "baseline_mib": baseline}))
+
+
 def timed(argv: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
     out = subprocess.run(argv, capture_output=True, text=True, env=env, check=False, timeout=3600)
@@ -169,7 +185,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is shown (default 3)")
     parser.add_argument("--large", action="store_true", help="also xtb (H2O)20 MBE(3), 1350 tasks")
     parser.add_argument("--nwchem", action="store_true", help="also NWChem HF/sto-3g (H2O)3 MBE(3) nocp+cp")
+    parser.add_argument("--planning", nargs="?", const=64, type=int, metavar="WATERS", help="also planning (H2O)64")
+    parser.add_argument("--plan-only", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.plan_only:
+        planning_script(args.plan_only)
+        return
     if args.serial:
         serial_script(*args.serial)
         return
@@ -198,6 +219,16 @@ def main() -> None:
                 f"{res['driver_cpu']:9.2f}s {loop:>13} {kb:8.2f} KB {res['dE']:8.1e}  "
                 f"{case['target']}: {ok}; ckpt <= {case['ckpt_kb']:.0f} KB: {ckpt_ok}"
             )
+    if args.planning:
+        out = subprocess.run(
+            [sys.executable, __file__, "--plan-only", str(args.planning)], capture_output=True, text=True, check=True
+        )
+        plan = json.loads(out.stdout)
+        ok = "ok" if plan["wall"] <= 5 and plan["peak_mib"] < 1024 else "MISS"
+        print(
+            f"\nplanning (H2O){args.planning} MBE(3): {plan['tasks']} tasks in {plan['wall']:.2f} s, peak RSS "
+            f"{plan['peak_mib']:.0f} MiB ({plan['baseline_mib']:.0f} MiB before planning); <= 5 s, < 1 GiB: {ok}"
+        )
     print(f"\n{uptime()}")
 
 
