@@ -1,8 +1,9 @@
 """Finished fragment results on disk, keyed by task hash, so an interrupted run recomputes nothing.
 
-SQLite in WAL mode. Results are committed in batches, at most ``commit_seconds`` after the first of a
-batch arrived (a transaction per result cost more driver CPU than many small calculations take), so a
-SIGKILL loses at most that window's results, and a rerun recomputes nothing that was committed. A row is
+SQLite in WAL mode. Results are committed at most once per ``commit_seconds`` (a transaction per result
+cost more driver CPU than many small calculations take): a result arriving later than that after the last
+commit is committed at once, others with the next commit, due at most ``commit_seconds`` after the last
+one. So a SIGKILL loses at most the results of the last window, and a rerun recomputes nothing committed. A row is
 zlib-compressed JSON: the AtomicResult where the run keeps whole results, otherwise just the properties
 the analysis reads. A row that does not decode (a torn write, a corrupted file) is dropped and recomputed
 rather than trusted.
@@ -44,7 +45,8 @@ class Checkpoint:
     def __init__(self, path: str | Path, *, commit_seconds: float = COMMIT_SECONDS) -> None:
         self.path = Path(path)
         self.commit_seconds = commit_seconds
-        self._first_uncommitted: float | None = None
+        self._last_commit = float("-inf")
+        self._uncommitted = False
         if self.path.is_dir():
             raise InputError(
                 f"checkpoint {self.path} is a directory; give a file name such as {self.path / 'run.sqlite'}."
@@ -101,16 +103,14 @@ class Checkpoint:
                 blob,
             ),
         )
-        if self._first_uncommitted is None:
-            self._first_uncommitted = time.monotonic()
-        if self.commit_seconds <= 0:
-            self.commit()
+        self._uncommitted = True
+        self.commit_if_due()
 
     def due_in(self) -> float | None:
-        """Seconds until the open batch must be committed (0: now); None when nothing waits."""
-        if self._first_uncommitted is None:
+        """Seconds until the results stored since the last commit must be committed (0: now); None if none."""
+        if not self._uncommitted:
             return None
-        return max(0.0, self._first_uncommitted + self.commit_seconds - time.monotonic())
+        return max(0.0, self._last_commit + self.commit_seconds - time.monotonic())
 
     def commit_if_due(self) -> None:
         if self.due_in() == 0.0:
@@ -118,7 +118,8 @@ class Checkpoint:
 
     def commit(self) -> None:
         self.db.commit()
-        self._first_uncommitted = None
+        self._last_commit = time.monotonic()
+        self._uncommitted = False
 
     def load(self, hashes: set[str]) -> dict[str, TaskOutcome]:
         """Stored outcomes for ``hashes``; rows that fail their digest or do not parse are dropped."""

@@ -1,8 +1,9 @@
 """The execution core every backend that computes here shares: scratch, warm workers, the threaded inbox.
 
-Workers are spawned, not forked, so no QC library state leaks into them, and they live for the whole run:
-each pays Python's and QCEngine's start-up once. QCEngine's per-machine values (whose CPU probe through
-py-cpuinfo costs ~1 s) are read once by the process that starts the workers and handed to them.
+Workers start from a fresh interpreter (spawned, or forked from a fork server), never forked from the
+driver, so no QC library state leaks into them, and they live for the whole run: each pays Python's and
+QCEngine's start-up once. QCEngine's per-machine values (whose CPU probe through py-cpuinfo costs ~1 s) are
+read once by the process that starts the workers and handed to them.
 """
 
 import getpass
@@ -15,6 +16,8 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
+from multiprocessing import forkserver
+from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -114,12 +117,40 @@ def machine_globals() -> dict[str, Any]:
     }
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def forkserver_context(ncores: int) -> BaseContext:
+    """A fork server for workers, started now: it imports what workers need while the caller goes on.
+
+    The server is a fresh interpreter (nothing of the caller's state leaks into workers, as with spawn);
+    workers forked from it skip the ~1 s of imports each spawned worker pays. Libraries it loads see thread
+    limits of ``ncores``. Where there is no fork server (not POSIX), workers are spawned.
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():  # pragma: no cover - Windows
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["qcmb_fractal.execute.forkserver_preload"])
+    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    os.environ.update(dict.fromkeys(THREAD_VARIABLES, str(ncores)))
+    try:
+        forkserver.ensure_running()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    return context
+
+
 def _started() -> None:
     """A no-op task: scheduling it makes the pool spawn its workers now, not at the first real task."""
 
 
 class WarmPool:
-    """Long-lived spawned workers that run :func:`run_fragment`, each set up once by ``initializer``.
+    """Long-lived workers that run :func:`run_fragment`, each set up once by ``initializer``; spawned unless
+    ``context`` says otherwise (:func:`forkserver_context`).
 
     Pebble's pool (not ``concurrent.futures``) because it kills a task that outlives its timeout and
     replaces a worker that dies, where the standard pool would break as a whole.
@@ -130,12 +161,13 @@ class WarmPool:
         workers: int,
         config: WorkerConfig,
         initializer: Callable[[WorkerConfig], None] = init_worker,
+        context: BaseContext | None = None,
     ) -> None:
         if config.machine is None:
             config = config.model_copy(update={"machine": machine_globals()})
         self.pool = ProcessPool(
             max_workers=workers,
-            context=multiprocessing.get_context("spawn"),
+            context=context or multiprocessing.get_context("spawn"),
             initializer=initializer,
             initargs=(config,),
         )

@@ -35,6 +35,7 @@ class WorkerConfig(BaseModel):
     log: LogSettings | None = Field(default_factory=current_log_settings)  # the CLI's, when it set them
     machine: dict[str, Any] | None = None  # qcengine.config.get_global() as read once by the starting process
     keep_stdout: bool = False  # ship whole results back with the program's output, to keep in the checkpoint
+    environ: dict[str, str] | None = None  # the starter's environment now, for workers forked from a fork server
 
 
 _BUILDER: FragmentBuilder | None = None
@@ -51,6 +52,9 @@ def limit_threads(ncores: int) -> None:
 
 def init_worker(config: WorkerConfig) -> None:
     global _BUILDER, _CONFIG, _WHOLE_RESULTS
+    if config.environ is not None:  # a fork server's environment is the one it started with, maybe runs ago
+        os.environ.clear()
+        os.environ.update(config.environ)
     limit_threads(config.ncores)
     import multiprocessing
 

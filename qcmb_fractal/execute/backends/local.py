@@ -20,7 +20,7 @@ from pebble import ProcessExpired
 
 from qcmb_fractal.errors import InputError
 from qcmb_fractal.execute.base import Backend
-from qcmb_fractal.execute.pool import WarmPool, make_scratch
+from qcmb_fractal.execute.pool import WarmPool, forkserver_context, make_scratch
 from qcmb_fractal.execute.resources import Resources, apply_worker_limits, check_disk, select_resources
 from qcmb_fractal.execute.worker import WorkerConfig, init_worker
 from qcmb_fractal.plan import FragmentTask, Plan
@@ -64,6 +64,7 @@ class LocalBackend(Backend):
         if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
             raise InputError(f"--timeout must be a positive number of seconds, not {timeout}.")
         self.resources: Resources = select_resources(workers, memory, cores_per_task)
+        self.context = forkserver_context(self.resources.ncores)  # workers' imports overlap the planning
         self.scratch_parent = Path(scratch) if scratch else Path(tempfile.gettempdir())
         self.timeout = timeout
         self.keep_stdout = keep_stdout
@@ -114,8 +115,9 @@ class LocalBackend(Backend):
             scratch_directory=str(self.scratch_dir),
             log_level=logging.getLogger().getEffectiveLevel(),
             keep_stdout=self.keep_stdout,
+            environ=dict(os.environ),
         )
-        self.pool = WarmPool(res.workers, config, _init_named_worker)
+        self.pool = WarmPool(res.workers, config, _init_named_worker, self.context)
 
     @property
     def capacity(self) -> int:
@@ -165,11 +167,11 @@ def _die_with_children(signum: int, _frame: object) -> None:  # pragma: no cover
     os._exit(128 + signum)
 
 
-def _term_when_parent_dies() -> None:
+def die_with_parent(signum: int = signal.SIGTERM) -> None:
     """Workers live in their own process groups, so a signal to the driver's group no longer reaches them:
-    if the driver dies in any way (SIGKILL, OOM killer, a closed terminal), the kernel sends SIGTERM."""
+    if their parent dies in any way (SIGKILL, OOM killer, a closed terminal), the kernel sends ``signum``."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
 
 
 def _init_named_worker(config: WorkerConfig) -> None:
@@ -177,7 +179,7 @@ def _init_named_worker(config: WorkerConfig) -> None:
     # the group lets a dying worker's programs be killed with it instead of running on as orphans.
     os.setpgrp()
     signal.signal(signal.SIGTERM, _die_with_children)
-    _term_when_parent_dies()
+    die_with_parent()
     apply_worker_limits(config.memory)
     init_worker(config.model_copy(update={"name": f"local-worker-{os.getpid()}"}))
 
