@@ -125,7 +125,9 @@ def forkserver_context(ncores: int) -> BaseContext:
 
     The server is a fresh interpreter (nothing of the caller's state leaks into workers, as with spawn);
     workers forked from it skip the ~1 s of imports each spawned worker pays. Libraries it loads see thread
-    limits of ``ncores``. Where there is no fork server (not POSIX), workers are spawned.
+    limits of ``ncores``. The server dies with the thread that started it (PR_SET_PDEATHSIG), so call this
+    from the thread that owns the run, normally the main one. Where there is no fork server (not POSIX),
+    workers are spawned.
     """
     if "forkserver" not in multiprocessing.get_all_start_methods():  # pragma: no cover - Windows
         return multiprocessing.get_context("spawn")
