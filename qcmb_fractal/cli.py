@@ -75,7 +75,7 @@ def _input_arguments(p: argparse.ArgumentParser, *, many: bool = False) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from qcmb_fractal.execute import backend_class, backend_modules
+    from qcmb_fractal.execute import add_backend_arguments, backend_names
 
     parser = argparse.ArgumentParser(prog="qcmb-fractal", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"qcmb-fractal {__version__}")
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--summary",
         help="campaign: CSV of every input's total and interaction energies (default: campaign-summary.csv here)",
     )
-    run.add_argument("--backend", default="local", choices=backend_modules(), help="where calculations run")
+    run.add_argument("--backend", default="local", choices=backend_names(), help="where calculations run")
     run.add_argument("-o", "--output", help="result JSON (default: INPUT-STEM.result.json in this directory)")
     run.add_argument("--checkpoint", help="SQLite file of finished calculations (default: next to the output)")
     run.add_argument("--no-checkpoint", action="store_true", help="keep finished calculations in memory only")
@@ -111,12 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--log-format", choices=["text", "json"], default="text", help="json: one object per line (file and stderr)"
     )
-    for name in backend_modules():
-        try:
-            cls = backend_class(name)
-        except ImportError:  # a backend whose optional dependencies are missing offers no options
-            continue
-        cls.add_arguments(run.add_argument_group(f"{name} backend"))
+    add_backend_arguments(run)
     report.add_commands(sub)
     return parser
 

@@ -39,7 +39,7 @@ def call(argv: list[str], cwd: Path) -> tuple[int | str, str]:
         with (
             contextlib.redirect_stdout(io.StringIO()),
             contextlib.redirect_stderr(err),
-            mock.patch("qcmb_fractal.execute.backends.local.ProcessPool", side_effect=ReachedPool),
+            mock.patch("qcmb_fractal.execute.pool.ProcessPool", side_effect=ReachedPool),
         ):
             try:
                 code: int | str = main(argv)

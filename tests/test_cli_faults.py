@@ -19,7 +19,7 @@ import pytest
 from qcmanybody.v2.computer import ManyBodyComputer
 
 from qcmb_fractal.errors import InputError
-from qcmb_fractal.execute.backends.local import SCRATCH_PREFIX
+from qcmb_fractal.execute.pool import SCRATCH_PREFIX
 from qcmb_fractal.outputs import write_output
 from qcmb_fractal.plan import load_input
 from qcmb_fractal.testing.local_faults import install_fault_nwchem, tagged_processes
@@ -172,7 +172,9 @@ def damaged_checkpoint(tmp_path: Path, data: bytes, damage: str) -> int:
     with sqlite3.connect(path) as db:
         total = db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
         if damage == "one-row-tampered":
-            db.execute("UPDATE results SET result = replace(result, '\"success\"', '\"succes\"') WHERE rowid = 1")
+            blob = bytearray(db.execute("SELECT result FROM results WHERE rowid = 1").fetchone()[0])
+            blob[len(blob) // 2] ^= 0xFF  # one byte flipped in place
+            db.execute("UPDATE results SET result = ? WHERE rowid = 1", (bytes(blob),))
         elif damage == "one-row-garbage-with-digest":
             db.execute("UPDATE results SET result = '{not json', digest = ? WHERE rowid = 2", (_sha("{not json"),))
     if damage == "truncated":

@@ -2,11 +2,12 @@
 
 from qcmb_fractal.drive.driver import LevelProgress, ManyBodyDriver
 from qcmb_fractal.drive.screened import ScreenedDriver, driver_from_state, make_driver
-from qcmb_fractal.drive.state import ComponentProperties, DriverState, TaskRecord, TaskStatus
+from qcmb_fractal.drive.state import ComponentProperties, DriverState, FailureKind, TaskRecord, TaskStatus
 
 __all__ = [
     "ComponentProperties",
     "DriverState",
+    "FailureKind",
     "LevelProgress",
     "ManyBodyDriver",
     "ScreenedDriver",

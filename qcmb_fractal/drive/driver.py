@@ -3,13 +3,14 @@ knows where they run, so the local pool, MPI, a QCPortal client and the QCFracta
 
 import logging
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from pydantic import BaseModel
 from qcelemental.models.v2 import AtomicResult
 from qcmanybody.models.v2 import ManyBodyResult
 
-from qcmb_fractal.drive.state import ComponentProperties, DriverState, TaskRecord, TaskStatus
+from qcmb_fractal.drive.state import ComponentProperties, DriverState, FailureKind, TaskRecord, TaskStatus
 from qcmb_fractal.errors import RunFailed
 from qcmb_fractal.plan import FragmentTask, Plan
 
@@ -67,13 +68,20 @@ class ManyBodyDriver:
         unknown = set(self.state.tasks) - set(plan.by_hash)
         if unknown:
             raise ValueError(f"state holds {len(unknown)} tasks that are not in this plan; wrong state file?")
+        # Counts kept as statuses change, so the checks after every finished task cost O(1), not O(tasks)
+        self._counts: Counter[TaskStatus] = Counter(rec.status for rec in self.state.tasks.values())
+        self._level_complete: Counter[int] = Counter(
+            plan.by_hash[k].level for k, rec in self.state.tasks.items() if rec.status is TaskStatus.complete
+        )
         self._build_schedule()
 
     def _build_schedule(self) -> None:
-        """Sort the plan's tasks once (again only if the plan grows): next_batch runs after every finished
-        task and only scans."""
+        """Sort the plan's tasks once (again only if the plan grows). next_batch resumes its scan where the
+        last one ended (``_cursor``): every task before it is handed out or done, until one goes back to
+        waiting, which rewinds it."""
         order = sorted(self.plan.tasks, key=self._priority)
         self._largest_first = {None: order} | {lvl: [t for t in order if t.level == lvl] for lvl in self.plan.levels}
+        self._cursor: dict[int | None, int] = {}
 
     @staticmethod
     def _priority(task: FragmentTask) -> tuple:
@@ -95,36 +103,54 @@ class ManyBodyDriver:
         return TaskStatus.waiting if rec is None else rec.status
 
     def _set(self, key: str, **changes) -> TaskRecord:
-        rec = self.state.tasks.get(key) or TaskRecord()
-        rec = rec.model_copy(update=changes)
+        old = self.state.tasks.get(key)
+        rec = (old or TaskRecord()).model_copy(update=changes)
         self.state.tasks[key] = rec
+        before = old.status if old is not None else None
+        if rec.status is not before:
+            if before is not None:
+                self._counts[before] -= 1
+            self._counts[rec.status] += 1
+            level = self.plan.by_hash[key].level
+            if before is TaskStatus.complete:
+                self._level_complete[level] -= 1
+            if rec.status is TaskStatus.complete:
+                self._level_complete[level] += 1
+            if rec.status is TaskStatus.waiting:
+                self._cursor.clear()
         return rec
 
     @property
     def active_level(self) -> int | None:
         """Lowest level with unfinished work; in eager mode every level is active at once."""
         for level in self.plan.levels:
-            if any(self.status(t) is not TaskStatus.complete for t in self.plan.tasks_at(level)):
+            if self._level_complete[level] < len(self.plan.tasks_at(level)):
                 return level
         return None
 
-    def _reachable(self) -> list[FragmentTask]:
-        """Tasks the current mode allows to run (the active level's, or all in eager mode), largest first."""
+    def _schedule(self) -> tuple[int | None, list[FragmentTask]]:
+        """The tasks the current mode allows to run (the active level's, or all in eager mode), largest first,
+        with the key of their schedule."""
         if self.state.mode == "levels":
             level = self.active_level
-            return self._largest_first[level] if level is not None else []
-        return self._largest_first[None]
+            return level, self._largest_first[level] if level is not None else []
+        return None, self._largest_first[None]
+
+    def _reachable(self) -> list[FragmentTask]:
+        return self._schedule()[1]
 
     def next_batch(self, limit: int | None = None) -> list[FragmentTask]:
         """Waiting tasks that may start now, largest first; they are marked running."""
+        key, order = self._schedule()
         ready: list[FragmentTask] = []
-        for t in self._reachable():
-            if limit is not None and len(ready) >= limit:
-                break
-            if self.status(t) is TaskStatus.waiting:
-                ready.append(t)
+        i = self._cursor.get(key, 0)
+        while i < len(order) and (limit is None or len(ready) < limit):
+            if self.status(order[i]) is TaskStatus.waiting:
+                ready.append(order[i])
+            i += 1
         for t in ready:
             self._set(t.hash, status=TaskStatus.running)
+        self._cursor[key] = i
         return ready
 
     def record_result(
@@ -143,21 +169,30 @@ class ManyBodyDriver:
             status=TaskStatus.complete,
             properties=properties,
             error=None,
+            failure=None,
             worker=worker,
             wall_time=wall_time,
             reference=reference,
         )
 
-    def record_failure(self, key: str, error: str, *, worker: str | None = None, retry: bool = True) -> bool:
+    def record_failure(
+        self,
+        key: str,
+        error: str,
+        *,
+        kind: FailureKind | None = None,
+        worker: str | None = None,
+        retry: bool = True,
+    ) -> bool:
         """Count a failed attempt; returns True when the task goes back to the queue for another try.
 
-        ``retry=False`` fails the task for good at once: the error is in the input, another try gives the same.
+        An input error (``kind``) or ``retry=False`` fails the task for good at once: another try gives the same.
         """
         rec = self.record(key)
         attempts = rec.attempts + 1
-        retry = retry and attempts < self.state.max_attempts
+        retry = retry and (kind is None or kind.retryable) and attempts < self.state.max_attempts
         status = TaskStatus.waiting if retry else TaskStatus.error
-        self._set(key, status=status, attempts=attempts, error=error, worker=worker)
+        self._set(key, status=status, attempts=attempts, error=error, failure=kind, worker=worker)
         task = self.plan.by_hash[key]
         logger.warning(
             "%s failed on %s (attempt %d of %d)%s: %s",
@@ -175,6 +210,35 @@ class ManyBodyDriver:
         if self.record(key).status is TaskStatus.running:
             self._set(key, status=TaskStatus.waiting)
 
+    def release_running(self) -> int:
+        """Give back every handed-out task (the run stops); returns how many there were."""
+        running = [k for k, rec in self.state.tasks.items() if rec.status is TaskStatus.running]
+        for key in running:
+            self._set(key, status=TaskStatus.waiting)
+        return len(running)
+
+    def restart_failed(self, key: str) -> None:
+        """A task that failed for good runs again with fresh attempts (its record was reset after a fix);
+        it counts as handed out, since whoever reset it runs it."""
+        if self.record(key).status is TaskStatus.error:
+            self._set(key, status=TaskStatus.running, attempts=0)
+
+    def count(self, status: TaskStatus) -> int:
+        """How many of the plan's tasks are in ``status``."""
+        if status is TaskStatus.waiting:  # tasks never handed out have no record
+            return len(self.plan.tasks) - sum(n for s, n in self._counts.items() if s is not TaskStatus.waiting)
+        return self._counts[status]
+
+    @property
+    def failed_attempts(self) -> int:
+        """Failed attempts over all tasks (a complete task's earlier failures included)."""
+        return sum(rec.attempts for rec in self.state.tasks.values())
+
+    def failed_records(self) -> list[tuple[FragmentTask, TaskRecord]]:
+        """Every task that failed for good with its record, by label."""
+        out = [(self.plan.by_hash[k], rec) for k, rec in self.state.tasks.items() if rec.status is TaskStatus.error]
+        return sorted(out, key=lambda pair: pair[0].label)
+
     def reset_errors(self) -> int:
         """Give failed-for-good tasks a fresh set of attempts (after the user fixed the cause)."""
         n = 0
@@ -186,15 +250,12 @@ class ManyBodyDriver:
 
     @property
     def complete(self) -> bool:
-        return all(self.status(t) is TaskStatus.complete for t in self.plan.tasks)
+        return self._counts[TaskStatus.complete] == len(self.plan.tasks)
 
     @property
     def failed(self) -> bool:
         """No more progress is possible: some task failed for good and nothing else can run."""
-        records = self.state.tasks.values()
-        if any(r.status is TaskStatus.running for r in records):
-            return False
-        if not any(r.status is TaskStatus.error for r in records):
+        if self._counts[TaskStatus.running] or not self._counts[TaskStatus.error]:
             return False
         return not any(self.status(t) is TaskStatus.waiting for t in self._reachable())
 

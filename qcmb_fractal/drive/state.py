@@ -16,6 +16,24 @@ class TaskStatus(str, Enum):
     error = "error"
 
 
+class FailureKind(str, Enum):
+    """Why a calculation failed, decided where the failure is seen, so retry decisions read no message text."""
+
+    input_error = "input_error"  # the input is wrong (unknown method, basis, keyword): every try fails alike
+    program_error = "program_error"  # the program ran and reported failure (SCF did not converge, ...)
+    crash = "crash"  # whatever ran it died or was lost: a worker process, an MPI rank, the server connection
+    timeout = "timeout"  # killed after the per-task timeout
+
+    @property
+    def retryable(self) -> bool:
+        return self is not FailureKind.input_error
+
+    @classmethod
+    def from_error_type(cls, error_type: str | None) -> "FailureKind":
+        """The kind of a QCEngine (or QCFractal child) error, from its ``error_type``."""
+        return cls.input_error if error_type == "input_error" else cls.program_error
+
+
 class ComponentProperties(BaseModel):
     """What the N-body analysis reads from one fragment calculation (QCManyBody's ``return_*``)."""
 
@@ -60,6 +78,7 @@ class TaskRecord(BaseModel):
     attempts: int = 0
     properties: ComponentProperties | None = None
     error: str | None = None
+    failure: FailureKind | None = None
     worker: str | None = None
     wall_time: float | None = None
     reference: str | None = None  # backend's handle on the calculation, e.g. a QCFractal record id

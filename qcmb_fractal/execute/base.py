@@ -2,20 +2,20 @@
 
 A backend takes :class:`FragmentTask` objects and returns futures of :class:`TaskOutcome`. Everything
 else (ordering, retries, checkpoints, progress, the final analysis) lives in the runner and the driver,
-so a new backend is one module in ``qcmb_fractal.execute.backends``.
+so a new backend is one module in ``qcmb_fractal.execute.backends`` and one line in :data:`BACKENDS`.
 """
 
 import abc
 import argparse
 import importlib
-import pkgutil
 from concurrent.futures import Future
 from typing import Any, ClassVar
 
+from pebble import ProcessExpired
 from pydantic import BaseModel
 from qcelemental.models.v2 import AtomicResult
 
-from qcmb_fractal.drive.state import ComponentProperties
+from qcmb_fractal.drive.state import ComponentProperties, FailureKind
 from qcmb_fractal.errors import InputError
 from qcmb_fractal.plan import FragmentTask, Plan
 
@@ -28,19 +28,43 @@ class TaskOutcome(BaseModel):
     properties: ComponentProperties | None = None
     result: AtomicResult | None = None
     error: str | None = None
+    kind: FailureKind | None = None  # set on every failure
     worker: str = "?"
     wall_time: float = 0.0
     reference: str | None = None
+
+    @classmethod
+    def failure(cls, hash: str, kind: FailureKind, error: str, **details: Any) -> "TaskOutcome":
+        return cls(hash=hash, success=False, kind=kind, error=error, **details)
+
+    @classmethod
+    def from_exception(cls, hash: str, exc: BaseException, **details: Any) -> "TaskOutcome":
+        """The failed outcome of a task whose future raised ``exc`` (its worker died, it timed out, ...)."""
+        return cls.failure(hash, *describe_exception(exc), **details)
+
+
+def describe_exception(exc: BaseException) -> tuple[FailureKind, str]:
+    """What a task's future raised, as a failure kind and one line a person can act on."""
+    if isinstance(exc, ProcessExpired):
+        code = exc.exitcode
+        how = f"signal {-code}" if isinstance(code, int) and code < 0 else f"exit code {code}"
+        return FailureKind.crash, f"worker process died ({how}) while running this calculation"
+    if isinstance(exc, TimeoutError):
+        detail = f" ({exc})" if str(exc) else ""
+        return FailureKind.timeout, f"calculation exceeded the per-task timeout{detail} and was killed"
+    return FailureKind.crash, f"{type(exc).__name__}: {exc}"
 
 
 class Backend(abc.ABC):
     """Runs fragment calculations somewhere; knows nothing of the many-body expansion around them."""
 
     name: ClassVar[str]
+    summary: ClassVar[str | None] = None  # one line for --help
+    shared_options: ClassVar[tuple[str, ...]] = ()  # flags of SHARED_OPTIONS this backend reads
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        """Declare this backend's command-line options."""
+        """Declare this backend's own command-line options (not the shared ones)."""
 
     @classmethod
     def from_arguments(cls, args: argparse.Namespace) -> "Backend":
@@ -72,23 +96,55 @@ class Backend(abc.ABC):
         self.shutdown(wait=exc_type is None, cancel_futures=exc_type is not None)
 
 
-def add_option(group: argparse._ArgumentGroup, flag: str, **kwargs: Any) -> None:
-    """Declare ``flag`` unless another backend already did: all backends share the ``run`` parser, and
-    shared options (``--memory``, ``--timeout``...) mean the same thing wherever calculations run."""
-    if flag not in group._option_string_actions:
-        group.add_argument(flag, **kwargs)
+# name -> "module:class"; imported only when asked for, so a backend's optional dependencies stay optional.
+BACKENDS: dict[str, str] = {
+    "local": "qcmb_fractal.execute.backends.local:LocalBackend",
+    "mpi": "qcmb_fractal.execute.backends.mpi:MPIBackend",
+    "qcportal": "qcmb_fractal.execute.backends.qcportal:QCPortalBackend",
+}
+
+# Options several backends read, declared once: they mean the same wherever calculations run.
+SHARED_OPTIONS: dict[str, dict[str, Any]] = {
+    "--memory": {
+        "type": float,
+        "help": "memory per task in GiB (default: free memory of the machine, or of an MPI rank's node, / its workers)",
+    },
+    "--cores-per-task": {"type": int, "help": "cores per task (default: cores / workers, per node under MPI)"},
+    "--scratch": {"help": "parent directory for scratch files, on each node (default: the system's temp)"},
+    "--timeout": {"type": float, "help": "seconds before a single calculation is killed"},
+    "--keep-stdout": {
+        "action": "store_true",
+        "help": "keep each calculation's whole result with the program's output (checkpoint, cluster_results); "
+        "by default only the properties the analysis reads are kept",
+    },
+}
 
 
-def backend_modules() -> list[str]:
-    from qcmb_fractal.execute import backends
-
-    # Tests live beside the backends (test_<name>.py); they are not backends.
-    return sorted(m.name for m in pkgutil.iter_modules(backends.__path__) if not m.name.startswith(("_", "test_")))
+def backend_names() -> list[str]:
+    return sorted(BACKENDS)
 
 
 def backend_class(name: str) -> type[Backend]:
-    """Find a backend by name: the module ``qcmb_fractal.execute.backends.<name>`` exports ``BACKEND``."""
-    if name not in backend_modules():
-        raise InputError(f"unknown backend {name!r}; choose one of {', '.join(backend_modules())}.")
-    module = importlib.import_module(f"qcmb_fractal.execute.backends.{name}")
-    return module.BACKEND
+    """The backend registered as ``name`` in :data:`BACKENDS`."""
+    if name not in BACKENDS:
+        raise InputError(f"unknown backend {name!r}; choose one of {', '.join(backend_names())}.")
+    module, _, attribute = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """The shared options in one group, then each backend's own options in a group of its own."""
+    classes: dict[str, type[Backend]] = {}
+    for name in backend_names():
+        try:
+            classes[name] = backend_class(name)
+        except ImportError:  # a backend whose optional dependencies are missing offers no options
+            continue
+    users = [name for name, cls in classes.items() if cls.shared_options]
+    shared = parser.add_argument_group(f"calculation resources ({' and '.join(users)} backends)")
+    for flag, kwargs in SHARED_OPTIONS.items():
+        if any(flag in cls.shared_options for cls in classes.values()):
+            shared.add_argument(flag, **kwargs)
+    for name, cls in classes.items():
+        uses = f"Also reads {', '.join(cls.shared_options)}" if cls.shared_options else None
+        cls.add_arguments(parser.add_argument_group(f"{name} backend", " ".join(filter(None, [cls.summary, uses]))))

@@ -23,11 +23,10 @@ from qcelemental import constants
 from qcmanybody.models.v2 import ManyBodyResult
 from tqdm import tqdm
 
-from qcmb_fractal.drive import TaskStatus
 from qcmb_fractal.errors import RunFailed
 from qcmb_fractal.execute.base import Backend, TaskOutcome
 from qcmb_fractal.execute.checkpoint import Checkpoint
-from qcmb_fractal.execute.runner import Runner, describe_error
+from qcmb_fractal.execute.runner import Runner
 from qcmb_fractal.execute.worker import SourcedTask
 from qcmb_fractal.plan import FragmentTask, Plan
 from qcmb_fractal.plan.screening import SCREEN_MC
@@ -183,6 +182,11 @@ class Campaign:
             self._pending[fut] = waiters
             self._running[digest] = fut
 
+    def _commit_due(self) -> float | None:
+        """Seconds until some input's checkpoint must commit what it stored (None: nothing waits)."""
+        dues = [r.checkpoint.due_in() for r in self.runners.values() if r.checkpoint is not None]
+        return min((d for d in dues if d is not None), default=None)
+
     def _collect(self, fut: Future, keeps: dict[str, dict[str, TaskOutcome]], bar: tqdm) -> set[str]:
         """Give a finished calculation's outcome to every input waiting for it; the keys of those inputs."""
         waiters = self._pending.pop(fut)
@@ -191,7 +195,7 @@ class Campaign:
         try:
             outcome = fut.result()
         except Exception as exc:
-            outcome = TaskOutcome(hash=digest, success=False, error=describe_error(exc))
+            outcome = TaskOutcome.from_exception(digest, exc)
         if outcome.success and digest in self._shared:
             self._shared_done[digest] = outcome
         for key, task in waiters:
@@ -250,7 +254,10 @@ class Campaign:
                 self._submit(self._take(room) if room != 0 else [])
                 if not self._pending:
                     break
-                done, _ = wait(self._pending, return_when=FIRST_COMPLETED)
+                done, _ = wait(self._pending, timeout=self._commit_due(), return_when=FIRST_COMPLETED)
+                for runner in self.runners.values():
+                    if runner.checkpoint is not None:
+                        runner.checkpoint.commit_if_due()
                 known = self._total()
                 for fut in done:
                     dirty |= self._collect(fut, keeps, bar)
@@ -262,11 +269,12 @@ class Campaign:
                 fut.cancel()
             # tasks handed out but not yet submitted, or submitted when it happened, go back unrun
             for runner in self.runners.values():
-                for key, rec in list(runner.driver.state.tasks.items()):
-                    if rec.status is TaskStatus.running:
-                        runner.driver.release(key)
+                runner.driver.release_running()
             raise
         finally:
+            for runner in self.runners.values():
+                if runner.checkpoint is not None:
+                    runner.checkpoint.commit()
             bar.close()
         for key in sorted(open_keys, key=int):  # nothing left to run: they are finished or stuck
             self._finish(key, keeps[key], t0)

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from qcmanybody.models.v2 import ManyBodyResult
 from tqdm import tqdm
 
-from qcmb_fractal.drive import ComponentProperties, DriverState, TaskStatus, make_driver
+from qcmb_fractal.drive import DriverState, make_driver
 from qcmb_fractal.errors import RunFailed
 from qcmb_fractal.execute.base import Backend, TaskOutcome
 from qcmb_fractal.execute.checkpoint import Checkpoint
@@ -29,22 +29,11 @@ class RunStats(BaseModel):
     reused: int
     failed_attempts: int
     wall_time: float
+    driver_cpu: float | None = None  # this process's CPU seconds in the run (all threads): bookkeeping's cost
     level_wall_time: dict[int, float]
     task_time: dict[str, float]
     worker_busy: dict[str, float]
     utilization: float | None = None
-
-
-def describe_error(exc: BaseException) -> str:
-    """Turn what a backend raised into one line a person can act on."""
-    name = type(exc).__name__
-    if name == "ProcessExpired":
-        code = getattr(exc, "exitcode", None)
-        how = f"signal {-code}" if isinstance(code, int) and code < 0 else f"exit code {code}"
-        return f"worker process died ({how}) while running this calculation"
-    if isinstance(exc, TimeoutError):
-        return f"calculation exceeded the per-task timeout{f' ({exc})' if str(exc) else ''} and was killed"
-    return f"{name}: {exc}"
 
 
 class Runner:
@@ -74,17 +63,17 @@ class Runner:
         if self.checkpoint is None:
             return {}
         stored: dict[str, TaskOutcome] = {}
+        unusable: set[str] = set()  # rows of a run that kept only properties, where whole results are wanted
         # A screened plan grows as restored screening results decide levels: look again for the new tasks.
-        while found := self.checkpoint.load(set(self.plan.by_hash) - set(stored)):
+        while found := self.checkpoint.load(set(self.plan.by_hash) - set(stored) - unusable):
             for key, outcome in found.items():
-                assert outcome.result is not None
+                if outcome.properties is None or (self._whole_results and outcome.result is None):
+                    unusable.add(key)
+                    continue
                 self.driver.record_result(
-                    key,
-                    ComponentProperties.from_atomic_result(outcome.result),
-                    worker=outcome.worker,
-                    wall_time=outcome.wall_time,
+                    key, outcome.properties, worker=outcome.worker, wall_time=outcome.wall_time
                 )
-            stored.update(found)
+                stored[key] = outcome
         self.reused = len(stored)
         if stored:
             logger.info(
@@ -122,7 +111,7 @@ class Runner:
                 self.checkpoint.put(outcome, task.label)
             self.task_time[task.label] = round(outcome.wall_time, 4)
             self.worker_busy[outcome.worker] += outcome.wall_time
-            if self.plan.input.specification.protocols.cluster_results.value == "all":
+            if self._whole_results:
                 keep[task.hash] = outcome
             self.driver.record_result(
                 task.hash,
@@ -134,12 +123,11 @@ class Runner:
             return True
         self.failed_attempts += 1
         error = outcome.error or "unknown error"
-        # QCEngine's input_error (unknown method, basis, keyword) fails the same way every time
-        self.driver.record_failure(task.hash, error, worker=outcome.worker, retry=not error.startswith("input_error"))
+        self.driver.record_failure(task.hash, error, kind=outcome.kind, worker=outcome.worker)
         return False
 
     def run(self) -> ManyBodyResult:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         keep = self._restore()
         pending: dict[Future, FragmentTask] = {}
         bars = self._bars()
@@ -155,13 +143,16 @@ class Runner:
                     pending[fut] = task
                 if not pending:
                     break
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                due = self.checkpoint.due_in() if self.checkpoint is not None else None
+                done, _ = wait(pending, timeout=due, return_when=FIRST_COMPLETED)
+                if self.checkpoint is not None:
+                    self.checkpoint.commit_if_due()
                 for fut in done:
                     task = pending.pop(fut)
                     try:
                         outcome = fut.result()
                     except Exception as exc:
-                        outcome = TaskOutcome(hash=task.hash, success=False, error=describe_error(exc))
+                        outcome = TaskOutcome.from_exception(task.hash, exc)
                     known = len(self.plan.tasks)
                     if self._accept(task, outcome, keep):
                         bars[task.level].update(1)
@@ -172,16 +163,18 @@ class Runner:
             for fut in pending:
                 fut.cancel()
             # also the batch being submitted when it happened: those tasks never reached ``pending``
-            for key, rec in list(self.driver.state.tasks.items()):
-                if rec.status is TaskStatus.running:
-                    self.driver.release(key)
+            self.driver.release_running()
             raise
         finally:
+            if self.checkpoint is not None:
+                self.checkpoint.commit()
             for bar in bars.values():
                 bar.close()
-        return self.finish(keep, time.perf_counter() - t0)
+        return self.finish(keep, time.perf_counter() - t0, time.process_time() - cpu0)
 
-    def finish(self, keep: dict[str, TaskOutcome], wall: float) -> ManyBodyResult:
+    def finish(
+        self, keep: dict[str, TaskOutcome], wall: float, driver_cpu: float | None = None
+    ) -> ManyBodyResult:
         """The result once the driver is finished (a campaign calls this per input); RunFailed if tasks failed."""
         if self.driver.failed:
             failures = self.driver.failures()
@@ -191,12 +184,17 @@ class Runner:
                 f"attempts:\n{self.driver.failure_table()}\n{where} fix the cause and rerun to finish the rest.",
                 failures,
             )
-        if keep or self.plan.input.specification.protocols.cluster_results.value == "all":
+        if self._whole_results:
             keep.update(self._restore_all_results(keep))
         result = self.driver.finalize({k: o.result for k, o in keep.items() if o.result is not None})
-        stats = self.stats(wall).model_dump()
+        stats = self.stats(wall, driver_cpu).model_dump()
         ours = {**result.extras.get("qcmb_fractal", {}), **stats}
         return result.model_copy(update={"extras": {**result.extras, "qcmb_fractal": ours}})
+
+    @property
+    def _whole_results(self) -> bool:
+        """Whether the result carries every fragment's AtomicResult (QCManyBody's ``cluster_results="all"``)."""
+        return self.plan.input.specification.protocols.cluster_results.value == "all"
 
     def _restore_all_results(self, keep: dict[str, TaskOutcome]) -> dict[str, TaskOutcome]:
         if self.checkpoint is None:
@@ -204,7 +202,7 @@ class Runner:
         missing = set(self.plan.by_hash) - set(keep)
         return self.checkpoint.load(missing) if missing else {}
 
-    def stats(self, wall: float) -> RunStats:
+    def stats(self, wall: float, driver_cpu: float | None = None) -> RunStats:
         level_wall = {
             lvl: round(self.level_end[lvl] - self.level_start[lvl], 4)
             for lvl in self.level_start
@@ -220,6 +218,7 @@ class Runner:
             reused=self.reused,
             failed_attempts=self.failed_attempts,
             wall_time=round(wall, 4),
+            driver_cpu=round(driver_cpu, 4) if driver_cpu is not None else None,
             level_wall_time=level_wall,
             task_time=dict(sorted(self.task_time.items())),
             worker_busy={k: round(v, 4) for k, v in sorted(self.worker_busy.items())},

@@ -1,7 +1,9 @@
 """What runs inside a compute process (a local pool worker or an MPI rank).
 
 A worker is set up once per run: it receives the ManyBodyInput (a campaign's workers every input, by key),
-builds its own fragment molecules, and pays QCEngine's start-up (~1 s CPU probe) once instead of per task.
+builds its own fragment molecules, and pays QCEngine's start-up once instead of per task; QCEngine's
+per-machine values come from the process that started it (:func:`qcmb_fractal.execute.pool.machine_globals`),
+so no worker runs py-cpuinfo's ~1 s probe.
 """
 
 import json
@@ -13,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from qcmb_fractal.drive.state import ComponentProperties
+from qcmb_fractal.drive.state import ComponentProperties, FailureKind
 from qcmb_fractal.execute.base import TaskOutcome
 from qcmb_fractal.logs import LogSettings, configure_logging, current_log_settings
 from qcmb_fractal.plan import FragmentBuilder, FragmentTask, Plan
@@ -33,6 +35,9 @@ class WorkerConfig(BaseModel):
     name: str = "worker"
     log_level: int = logging.WARNING
     log: LogSettings | None = Field(default_factory=current_log_settings)  # the CLI's, when it set them
+    machine: dict[str, Any] | None = None  # qcengine.config.get_global() as read once by the starting process
+    keep_stdout: bool = False  # ship whole results back with the program's output, to keep in the checkpoint
+    environ: dict[str, str] | None = None  # the starter's environment now, for workers forked from a fork server
 
 
 class SourcedTask(FragmentTask):
@@ -59,6 +64,7 @@ def _builder(task: FragmentTask) -> FragmentBuilder:
     if task.source not in _SOURCES:
         _SOURCES[task.source] = FragmentBuilder(manybody_input(json.loads(_CONFIG.sources[task.source])))
     return _SOURCES[task.source]
+_WHOLE_RESULTS = False  # whether the driver wants AtomicResults back, or only the properties it analyses
 
 
 def limit_threads(ncores: int) -> None:
@@ -69,7 +75,10 @@ def limit_threads(ncores: int) -> None:
 
 
 def init_worker(config: WorkerConfig) -> None:
-    global _BUILDER, _CONFIG
+    global _BUILDER, _CONFIG, _WHOLE_RESULTS
+    if config.environ is not None:  # a fork server's environment is the one it started with, maybe runs ago
+        os.environ.clear()
+        os.environ.update(config.environ)
     limit_threads(config.ncores)
     import multiprocessing
 
@@ -78,8 +87,13 @@ def init_worker(config: WorkerConfig) -> None:
     multiprocessing.current_process().name = config.name
     configure_logging(config.log or LogSettings(level=config.log_level))
     _CONFIG = config
-    _BUILDER = FragmentBuilder(manybody_input(json.loads(config.input_json)))
+    inp = manybody_input(json.loads(config.input_json))
+    _BUILDER = FragmentBuilder(inp)
     _SOURCES.clear()
+    _WHOLE_RESULTS = config.keep_stdout or inp.specification.protocols.cluster_results.value == "all"
+    if config.machine is not None:
+        # QCEngine caches these per process in this module global; filling it skips its CPU probe
+        qcengine.config._global_values = dict(config.machine)
     qcengine.get_config(task_config=task_config(config))
     logger.debug("%s ready (%d cores, %s GiB per task)", config.name, config.ncores, config.memory)
 
@@ -105,10 +119,10 @@ def run_fragment(task: FragmentTask) -> TaskOutcome:
         atomic = _builder(task).atomic_input(task)
         result = qcengine.compute(atomic, task.program, raise_error=False, task_config=task_config(_CONFIG))
     except Exception:  # a harness bug must become a reported failure, not a dead worker
-        return TaskOutcome(
-            hash=task.hash,
-            success=False,
-            error=traceback.format_exc(limit=3),
+        return TaskOutcome.failure(
+            task.hash,
+            FailureKind.program_error,
+            traceback.format_exc(limit=3),
             worker=name,
             wall_time=time.perf_counter() - start,
         )
@@ -116,14 +130,17 @@ def run_fragment(task: FragmentTask) -> TaskOutcome:
     if not result.success:
         err = result.error
         message = f"{err.error_type}: {err.error_message}" if err else "program reported failure"
+        kind = FailureKind.from_error_type(err.error_type if err else None)
         logger.info("%s failed on %s after %.2f s", task.label, name, wall)
-        return TaskOutcome(hash=task.hash, success=False, error=message, worker=name, wall_time=wall)
+        return TaskOutcome.failure(task.hash, kind, message, worker=name, wall_time=wall)
     logger.debug("%s done on %s in %.2f s", task.label, name, wall)
+    if _WHOLE_RESULTS and not _CONFIG.keep_stdout:
+        result = result.model_copy(update={"stdout": None})
     return TaskOutcome(
         hash=task.hash,
         success=True,
         properties=ComponentProperties.from_atomic_result(result),
-        result=result,
+        result=result if _WHOLE_RESULTS else None,
         worker=name,
         wall_time=wall,
     )

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from qcmb_fractal.execute import Checkpoint, Runner
-from qcmb_fractal.execute.backends.local import SCRATCH_PREFIX, LocalBackend
+from qcmb_fractal.execute.backends.local import LocalBackend
+from qcmb_fractal.execute.pool import SCRATCH_PREFIX
 from qcmb_fractal.plan import Plan, plain_input
 
 WATER_DIMER = {
@@ -96,12 +97,19 @@ def install_fault_nwchem(tmp_path: Path, monkeypatch, fault: str, condition: str
     return FaultShim(bindir, calls, tag)
 
 
-def _is_resource_tracker(proc: Path) -> bool:
-    """multiprocessing's resource tracker belongs to this (pytest) process and exits with it."""
+def _is_multiprocessing_helper(proc: Path) -> bool:
+    """multiprocessing's resource tracker and fork server belong to this (pytest) process and exit with it.
+
+    Workers forked from the fork server show its command line too, so the server is told apart by its parent.
+    """
     try:
-        return b"multiprocessing.resource_tracker" in (proc / "cmdline").read_bytes()
+        cmdline = (proc / "cmdline").read_bytes()
+        parent = int((proc / "stat").read_text().split(") ")[-1].split()[1])
     except OSError:
         return False
+    if b"multiprocessing.resource_tracker" in cmdline:
+        return True
+    return b"multiprocessing.forkserver" in cmdline and parent == os.getpid()
 
 
 def tagged_processes(tag: str) -> list[int]:
@@ -116,7 +124,7 @@ def tagged_processes(tag: str) -> list[int]:
             state = (entry / "stat").read_text().split(") ")[-1][0]
         except OSError:
             continue
-        if needle in env.split(b"\0") and state != "Z" and not _is_resource_tracker(entry):
+        if needle in env.split(b"\0") and state != "Z" and not _is_multiprocessing_helper(entry):
             found.append(int(entry.name))
     return found
 

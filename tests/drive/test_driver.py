@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from qcmb_fractal.drive import ComponentProperties, DriverState, ManyBodyDriver, TaskStatus
+from qcmb_fractal.drive import ComponentProperties, DriverState, FailureKind, ManyBodyDriver, TaskStatus
 from qcmb_fractal.errors import RunFailed
 from qcmb_fractal.plan import FragmentTask, Plan
 from qcmb_fractal.testing.fakes import fake_atomic_result
@@ -119,6 +119,30 @@ def test_release_returns_a_task_without_counting_an_attempt(plan: Plan) -> None:
     finish(driver, [task])
     driver.release(task.hash)  # a finished task stays finished
     assert driver.status(task) is TaskStatus.complete
+
+
+def test_failure_kinds_decide_retries_and_the_driver_keeps_its_own_counts(plan: Plan) -> None:
+    driver = ManyBodyDriver(plan, max_attempts=3)
+    bad_input, crashed, timed_out, *others = driver.next_batch()
+    assert driver.record_failure(bad_input.hash, "input_error: no such method", kind=FailureKind.input_error) is False
+    assert driver.record_failure(crashed.hash, "worker died", kind=FailureKind.crash) is True
+    assert driver.record_failure(timed_out.hash, "too slow", kind=FailureKind.timeout) is True
+    assert driver.record(bad_input).failure is FailureKind.input_error and driver.record(bad_input).attempts == 1
+    assert driver.count(TaskStatus.error) == 1 and driver.count(TaskStatus.waiting) == 2
+    assert driver.count(TaskStatus.running) == len(others) and driver.failed_attempts == 3
+    assert [t for t, _ in driver.failed_records()] == [bad_input]
+
+    assert driver.release_running() == len(others)
+    assert driver.count(TaskStatus.running) == 0 and driver.count(TaskStatus.waiting) == len(plan.tasks) - 1
+    driver.restart_failed(crashed.hash)  # only a task that failed for good restarts
+    assert driver.status(crashed) is TaskStatus.waiting and driver.record(crashed).attempts == 1
+    driver.restart_failed(bad_input.hash)
+    assert driver.status(bad_input) is TaskStatus.running and driver.record(bad_input).attempts == 0
+    finish(driver, [crashed])
+    assert driver.record(crashed).failure is None and driver.count(TaskStatus.complete) == 1
+    assert FailureKind.from_error_type("input_error") is FailureKind.input_error
+    assert FailureKind.from_error_type("convergence_error") is FailureKind.program_error
+    assert FailureKind.from_error_type(None) is FailureKind.program_error
 
 
 def test_unknown_tasks_are_refused(plan: Plan) -> None:

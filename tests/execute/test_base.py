@@ -6,7 +6,7 @@ from concurrent.futures import Future
 import pytest
 
 from qcmb_fractal.errors import InputError
-from qcmb_fractal.execute import Backend, backend_class, backend_modules
+from qcmb_fractal.execute import Backend, add_backend_arguments, backend_class, backend_names
 from qcmb_fractal.execute.backends.local import LocalBackend
 from qcmb_fractal.plan import FragmentTask
 
@@ -27,10 +27,33 @@ class FakeRecordingBackend(Backend):
 
 
 def test_lookup_by_name() -> None:
-    assert "local" in backend_modules()
+    assert backend_names() == ["local", "mpi", "qcportal"]
     assert backend_class("local") is LocalBackend
     with pytest.raises(InputError, match=r"unknown backend 'nope'; choose one of .*local"):
         backend_class("nope")
+
+
+def test_every_backend_option_is_in_help_once_and_own_options_in_their_group() -> None:
+    parser = argparse.ArgumentParser()
+    add_backend_arguments(parser)
+    groups = {g.title: [a.option_strings[0] for a in g._group_actions] for g in parser._action_groups}
+    assert groups["calculation resources (local and mpi backends)"] == [
+        "--memory",
+        "--cores-per-task",
+        "--scratch",
+        "--timeout",
+        "--keep-stdout",
+    ]
+    assert groups["local backend"] == ["--workers"]
+    assert groups["mpi backend"] == []  # its options are all shared; the group says which it reads
+    assert "--server" in groups["qcportal backend"] and "--poll-interval" in groups["qcportal backend"]
+    mpi = next(g for g in parser._action_groups if g.title == "mpi backend")
+    assert (
+        mpi.description.startswith("Under mpiexec -n N") and "Also reads --memory, --cores-per-task" in mpi.description
+    )
+    assert "mpi backend:\n  Under mpiexec -n N" in parser.format_help()
+    args = parser.parse_args(["--memory", "2", "--timeout", "5", "--server", "http://h:7777"])
+    assert (args.memory, args.timeout, args.server, args.workers) == (2.0, 5.0, "http://h:7777", None)
 
 
 def test_defaults() -> None:

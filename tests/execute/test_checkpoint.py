@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from qcmb_fractal.drive import ComponentProperties
 from qcmb_fractal.execute import Checkpoint, TaskOutcome
 from qcmb_fractal.plan import Plan
 from qcmb_fractal.testing.fakes import fake_atomic_result
@@ -38,6 +39,40 @@ def test_put_and_load_round_trip(tmp_path: Path, plan: Plan) -> None:
     got = loaded[plan.tasks[2].hash]
     assert got.success and got.worker == "w2" and got.wall_time == 2.5
     assert got.result == outcome(plan, 2).result
+
+
+def test_results_are_committed_in_batches_and_properties_alone_are_enough(tmp_path: Path, plan: Plan) -> None:
+    path = tmp_path / "run.sqlite"
+    ck = Checkpoint(path, commit_seconds=3600)
+    assert ck.due_in() is None
+    ck.put(outcome(plan, 0), plan.tasks[0].label)  # the first result is committed at once
+    assert ck.due_in() is None
+    slim = TaskOutcome(hash=plan.tasks[1].hash, success=True, properties=ComponentProperties(energy=-75.5))
+    ck.put(slim, plan.tasks[1].label)
+    assert 3590 < ck.due_in() <= 3600
+    other = sqlite3.connect(path)
+    assert other.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 1  # the second waits: a SIGKILL loses it
+    ck.commit_seconds = 0.0
+    ck.commit_if_due()
+    assert ck.due_in() is None and other.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 2
+    rows = dict(other.execute("SELECT hash, length(result) FROM results"))
+    assert rows[plan.tasks[1].hash] < 100 < rows[plan.tasks[0].hash] < len(outcome(plan, 0).result.model_dump_json())
+    loaded = ck.load({plan.tasks[0].hash, plan.tasks[1].hash})
+    assert loaded[plan.tasks[1].hash].result is None and loaded[plan.tasks[1].hash].properties.energy == -75.5
+    assert loaded[plan.tasks[0].hash].properties.energy == outcome(plan, 0).result.properties.return_energy
+
+
+def test_rows_of_earlier_versions_still_load(tmp_path: Path, plan: Plan) -> None:
+    """Uncompressed AtomicResult JSON text, as written before rows were compressed."""
+    import hashlib
+
+    ck = Checkpoint(tmp_path / "run.sqlite")
+    text = outcome(plan, 0).result.model_dump_json()
+    ck.db.execute(
+        "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (plan.tasks[0].hash, "label", "w0", 0.5, 0.0, hashlib.sha256(text.encode()).hexdigest(), text),
+    )
+    assert ck.load({plan.tasks[0].hash})[plan.tasks[0].hash].result == outcome(plan, 0).result
 
 
 def test_only_results_are_stored(tmp_path: Path, plan: Plan) -> None:

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from pebble import ProcessExpired
 
+from qcmb_fractal.drive.state import ComponentProperties, FailureKind
 from qcmb_fractal.errors import RunFailed
 from qcmb_fractal.execute import Backend, Checkpoint, Runner, TaskOutcome
 from qcmb_fractal.execute import worker as worker_module
-from qcmb_fractal.execute.runner import describe_error
 from qcmb_fractal.execute.worker import WorkerConfig, init_worker, run_fragment
 from qcmb_fractal.plan import FragmentTask, Plan
 from qcmb_fractal.testing.molecules import water_cluster
@@ -154,24 +154,38 @@ def test_cluster_results_survive_a_resume(tmp_path: Path) -> None:
     ck_path = tmp_path / "run.sqlite"
     first = Runner(plan, FaultInjectingInlineBackend(), checkpoint=Checkpoint(ck_path), progress=False).run()
     assert set(first.cluster_results) == {label for t in plan.tasks for label in t.labels}
+    assert all(r.stdout is None for r in first.cluster_results.values())  # not asked for (--keep-stdout)
     ck = Checkpoint(ck_path)
     ck.db.execute("DELETE FROM results WHERE hash = ?", (plan.tasks[0].hash,))
-    ck.db.commit()
+    # a row of a run that kept only properties cannot give this run its AtomicResult: computed again
+    slim = TaskOutcome(hash=plan.tasks[1].hash, success=True, properties=ComponentProperties(energy=-1.0))
+    ck.put(slim, plan.tasks[1].label)
+    ck.close()
     second = Runner(plan, FaultInjectingInlineBackend(), checkpoint=Checkpoint(ck_path), progress=False).run()
     assert set(second.cluster_results) == set(first.cluster_results)
-    assert second.extras["qcmb_fractal"]["computed"] == 1
+    assert second.extras["qcmb_fractal"]["computed"] == 2
+    assert second.return_result == first.return_result
     third = Runner(plan, FaultInjectingInlineBackend(), progress=False).run()  # no checkpoint at all
     assert set(third.cluster_results) == set(first.cluster_results)
 
 
-def test_describe_error() -> None:
-    assert describe_error(ProcessExpired("gone", code=-9)) == (
-        "worker process died (signal 9) while running this calculation"
+def test_exceptions_become_typed_failures() -> None:
+    def kind_and_text(exc: BaseException) -> tuple[str, str]:
+        outcome = TaskOutcome.from_exception("h", exc, worker="w")
+        assert (outcome.success, outcome.worker) == (False, "w")
+        return outcome.kind.value, outcome.error
+
+    assert kind_and_text(ProcessExpired("gone", code=-9)) == (
+        "crash",
+        "worker process died (signal 9) while running this calculation",
     )
-    assert "exit code 3" in describe_error(ProcessExpired("gone", code=3))
-    assert describe_error(TimeoutError(30.0)) == "calculation exceeded the per-task timeout (30.0) and was killed"
-    assert describe_error(TimeoutError()) == "calculation exceeded the per-task timeout and was killed"
-    assert describe_error(ValueError("bad")) == "ValueError: bad"
+    assert "exit code 3" in kind_and_text(ProcessExpired("gone", code=3))[1]
+    assert kind_and_text(TimeoutError(30.0)) == (
+        "timeout",
+        "calculation exceeded the per-task timeout (30.0) and was killed",
+    )
+    assert kind_and_text(TimeoutError())[1] == "calculation exceeded the per-task timeout and was killed"
+    assert kind_and_text(ValueError("bad")) == ("crash", "ValueError: bad")
 
 
 def test_worker_reports_program_and_harness_failures(plan: Plan, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -182,6 +196,12 @@ def test_worker_reports_program_and_harness_failures(plan: Plan, monkeypatch: py
     init_worker(WorkerConfig(input_json=bad_method.input.model_dump_json(), memory=1.0, scratch_directory="/tmp"))
     out = run_fragment(bad_method.tasks[0])
     assert not out.success and out.error and "gfn9-xtb" in out.error and out.worker == "worker"
+    assert out.kind is FailureKind.input_error
+    init_worker(WorkerConfig(input_json=plan.input.model_dump_json()))
+    done = run_fragment(task)
+    assert done.success and done.properties.energy is not None and done.result is None  # properties suffice
+    init_worker(WorkerConfig(input_json=plan.input.model_dump_json(), keep_stdout=True))
+    assert run_fragment(task).result.stdout  # asked for: the whole result, the program's output with it
 
     import qcengine
 
@@ -190,4 +210,4 @@ def test_worker_reports_program_and_harness_failures(plan: Plan, monkeypatch: py
 
     monkeypatch.setattr(qcengine, "compute", broken_harness)
     out = run_fragment(bad_method.tasks[0])
-    assert not out.success and "KeyError: 'harness bug'" in out.error
+    assert not out.success and "KeyError: 'harness bug'" in out.error and out.kind is FailureKind.program_error

@@ -1,1 +1,2 @@
-"""One module per backend; each exports ``BACKEND``, a :class:`qcmb_fractal.execute.base.Backend` subclass."""
+"""One module per backend, each a :class:`qcmb_fractal.execute.base.Backend` subclass registered in
+:data:`qcmb_fractal.execute.base.BACKENDS`."""

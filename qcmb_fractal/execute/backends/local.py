@@ -1,8 +1,7 @@
-"""The embedded default: a pool of long-lived worker processes on this machine.
+"""The embedded default: a pool of long-lived worker processes on this machine (:class:`WarmPool`).
 
-Pebble's pool (not ``concurrent.futures``) because it kills a task that outlives its timeout and
-replaces a worker that dies, where the standard pool would break as a whole. Workers are spawned, not
-forked, so no QC library state leaks into them, and they live for the whole run.
+Each worker runs in its own process group and dies with the driver, so neither a terminal's Ctrl-C nor a
+SIGKILLed driver leaves QC programs running.
 """
 
 import argparse
@@ -10,48 +9,27 @@ import contextlib
 import ctypes
 import logging
 import math
-import multiprocessing
 import os
 import shutil
 import signal
-import socket
 import tempfile
 from concurrent.futures import Future
 from pathlib import Path
 
-import psutil
-from pebble import ProcessExpired, ProcessPool
+from pebble import ProcessExpired
 
 from qcmb_fractal.errors import InputError
-from qcmb_fractal.execute.base import Backend, add_option
+from qcmb_fractal.execute.base import Backend
+from qcmb_fractal.execute.pool import WarmPool, forkserver_context, make_scratch
 from qcmb_fractal.execute.resources import Resources, apply_worker_limits, check_disk, select_resources
-from qcmb_fractal.execute.worker import WorkerConfig, init_worker, run_fragment, shipped_inputs
+from qcmb_fractal.execute.worker import WorkerConfig, init_worker, shipped_inputs
 from qcmb_fractal.plan import FragmentTask, Plan
 from qcmb_fractal.plan.inputs import installed_programs
 
 logger = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
-SCRATCH_PREFIX = "qcmb-scratch-"
 SCRATCH_PER_TASK_BYTES = 64 * 2**20  # per running task and n-body level: NWChem HF/sto-3g needs far less
-
-
-def scratch_prefix() -> str:
-    """Name prefix of this process's scratch directory: pid plus host, so scratch on a shared filesystem
-    is only ever swept by the host that made it (see sweep_stale_scratch)."""
-    return f"{SCRATCH_PREFIX}{os.getpid()}-{socket.gethostname()}-"
-
-
-def sweep_stale_scratch(parent: Path) -> None:
-    """Remove scratch trees left by runs on this host that were SIGKILLed (their pid is gone)."""
-    host = socket.gethostname()
-    for path in parent.glob(f"{SCRATCH_PREFIX}*"):
-        pid_text, _, rest = path.name[len(SCRATCH_PREFIX) :].partition("-")
-        if not pid_text.isdigit() or not rest.startswith(f"{host}-") or path.is_symlink():
-            continue
-        if not psutil.pid_exists(int(pid_text)):
-            logger.info("removing stale scratch %s of dead run %s", path, pid_text)
-            shutil.rmtree(path, ignore_errors=True)
 
 
 def _kill_group(pgid: int) -> None:
@@ -70,6 +48,8 @@ def _reap_dead_worker(future: Future) -> None:
 
 class LocalBackend(Backend):
     name = "local"
+    summary = "Worker processes on this machine (the default)."
+    shared_options = ("--memory", "--cores-per-task", "--scratch", "--timeout", "--keep-stdout")
 
     def __init__(
         self,
@@ -79,14 +59,17 @@ class LocalBackend(Backend):
         cores_per_task: int | None = None,
         scratch: str | Path | None = None,
         timeout: float | None = None,
+        keep_stdout: bool = False,
     ) -> None:
         if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
             raise InputError(f"--timeout must be a positive number of seconds, not {timeout}.")
         self.resources: Resources = select_resources(workers, memory, cores_per_task)
+        self.context = forkserver_context(self.resources.ncores)  # workers' imports overlap the planning
         self.scratch_parent = Path(scratch) if scratch else Path(tempfile.gettempdir())
         self.timeout = timeout
+        self.keep_stdout = keep_stdout
         self.scratch_dir: Path | None = None
-        self.pool: ProcessPool | None = None
+        self.pool: WarmPool | None = None
         self._checked_levels: set[int] = set()
 
     @property
@@ -95,11 +78,7 @@ class LocalBackend(Backend):
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        add_option(group, "--workers", type=int, help="worker processes (default: what cores and memory allow)")
-        add_option(group, "--memory", type=float, help="memory per task in GiB (default: free memory / workers)")
-        add_option(group, "--cores-per-task", type=int, help="cores per task (default: cores / workers)")
-        add_option(group, "--scratch", help="parent directory for scratch files (default: the system's temp)")
-        add_option(group, "--timeout", type=float, help="seconds before a single calculation is killed")
+        group.add_argument("--workers", type=int, help="worker processes (default: what cores and memory allow)")
 
     @classmethod
     def from_arguments(cls, args: argparse.Namespace) -> "LocalBackend":
@@ -109,24 +88,8 @@ class LocalBackend(Backend):
             cores_per_task=args.cores_per_task,
             scratch=args.scratch,
             timeout=args.timeout,
+            keep_stdout=getattr(args, "keep_stdout", False),
         )
-
-    def _prepare_scratch(self) -> Path:
-        parent = self.scratch_parent
-        if parent.exists() and not parent.is_dir():
-            raise InputError(f"--scratch {parent} is not a directory; give a directory for scratch files.")
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise InputError(f"cannot create scratch directory {parent}: {err.strerror}.") from None
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise InputError(f"scratch directory {parent} is not writable; choose another --scratch.")
-        sweep_stale_scratch(parent)
-        check_disk(parent, SCRATCH_PER_TASK_BYTES * self.workers)
-        try:
-            return Path(tempfile.mkdtemp(prefix=scratch_prefix(), dir=parent))
-        except OSError as err:
-            raise InputError(f"cannot create scratch files under {parent}: {err.strerror}.") from None
 
     def start(self, plan: Plan) -> None:
         programs = {entry["program"].lower() for entry in plan.builder.specifications.values()}
@@ -136,7 +99,7 @@ class LocalBackend(Backend):
                 f"program {', '.join(missing)} is not installed on this machine (QCEngine finds "
                 f"{', '.join(installed_programs()) or 'none'}); install it or use a backend whose workers have it."
             )
-        self.scratch_dir = self._prepare_scratch()
+        self.scratch_dir = make_scratch(self.scratch_parent, SCRATCH_PER_TASK_BYTES * self.workers)
         res = self.resources
         logger.info(
             "local backend: %d workers × %d cores, %.2f GiB per task, scratch %s",
@@ -145,20 +108,16 @@ class LocalBackend(Backend):
             res.memory,
             self.scratch_dir,
         )
-        self.pool = ProcessPool(
-            max_workers=res.workers,
-            context=multiprocessing.get_context("spawn"),
-            initializer=_init_named_worker,
-            initargs=(
-                WorkerConfig(
-                    **shipped_inputs(plan),
-                    ncores=res.ncores,
-                    memory=res.memory,
-                    scratch_directory=str(self.scratch_dir),
-                    log_level=logging.getLogger().getEffectiveLevel(),
-                ),
-            ),
+        config = WorkerConfig(
+            **shipped_inputs(plan),
+            ncores=res.ncores,
+            memory=res.memory,
+            scratch_directory=str(self.scratch_dir),
+            log_level=logging.getLogger().getEffectiveLevel(),
+            keep_stdout=self.keep_stdout,
+            environ=dict(os.environ),
         )
+        self.pool = WarmPool(res.workers, config, _init_named_worker, self.context)
 
     @property
     def capacity(self) -> int:
@@ -184,7 +143,7 @@ class LocalBackend(Backend):
     def _schedule(self, task: FragmentTask) -> Future:
         if self.pool is None:
             raise RuntimeError("LocalBackend.start() must run before submit()")
-        future = self.pool.schedule(run_fragment, args=(task,), timeout=self.timeout)
+        future = self.pool.schedule(task, timeout=self.timeout)
         future.add_done_callback(_reap_dead_worker)
         return future
 
@@ -195,11 +154,7 @@ class LocalBackend(Backend):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         if self.pool is not None:
-            if cancel_futures or not wait:
-                self.pool.stop()
-            else:
-                self.pool.close()
-            self.pool.join()
+            self.pool.close(cancel=cancel_futures or not wait)
             self.pool = None
         if self.scratch_dir is not None:
             shutil.rmtree(self.scratch_dir, ignore_errors=True)
@@ -212,11 +167,11 @@ def _die_with_children(signum: int, _frame: object) -> None:  # pragma: no cover
     os._exit(128 + signum)
 
 
-def _term_when_parent_dies() -> None:
+def die_with_parent(signum: int = signal.SIGTERM) -> None:
     """Workers live in their own process groups, so a signal to the driver's group no longer reaches them:
-    if the driver dies in any way (SIGKILL, OOM killer, a closed terminal), the kernel sends SIGTERM."""
+    if their parent dies in any way (SIGKILL, OOM killer, a closed terminal), the kernel sends ``signum``."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
 
 
 def _init_named_worker(config: WorkerConfig) -> None:
@@ -224,9 +179,7 @@ def _init_named_worker(config: WorkerConfig) -> None:
     # the group lets a dying worker's programs be killed with it instead of running on as orphans.
     os.setpgrp()
     signal.signal(signal.SIGTERM, _die_with_children)
-    _term_when_parent_dies()
+    die_with_parent()
     apply_worker_limits(config.memory)
     init_worker(config.model_copy(update={"name": f"local-worker-{os.getpid()}"}))
 
-
-BACKEND = LocalBackend

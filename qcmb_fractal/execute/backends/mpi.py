@@ -36,15 +36,14 @@ from concurrent.futures import Future, wait
 from pathlib import Path
 from typing import Any
 
-from pebble import ProcessPool
 from pydantic import BaseModel
 
+from qcmb_fractal.drive.state import FailureKind
 from qcmb_fractal.errors import InputError
-from qcmb_fractal.execute.backends.local import scratch_prefix, sweep_stale_scratch
-from qcmb_fractal.execute.base import Backend, TaskOutcome, add_option
+from qcmb_fractal.execute.base import Backend, TaskOutcome
+from qcmb_fractal.execute.pool import Inbox, WarmPool, make_scratch
 from qcmb_fractal.execute.resources import select_resources
-from qcmb_fractal.execute.runner import describe_error
-from qcmb_fractal.execute.worker import WorkerConfig, init_worker, run_fragment, shipped_inputs
+from qcmb_fractal.execute.worker import WorkerConfig, init_worker, shipped_inputs
 from qcmb_fractal.plan import FragmentTask, Plan
 
 logger = logging.getLogger(__name__)
@@ -85,6 +84,7 @@ class StartMessage(BaseModel):
     scratch: str | None = None
     timeout: float | None = None
     log_level: int = logging.WARNING
+    keep_stdout: bool = False
 
 
 class ReadyMessage(BaseModel):
@@ -124,6 +124,8 @@ class MPIBackend(Backend):
     """Construct on every rank; rank 0 uses it as a backend, the others call :meth:`serve`."""
 
     name = "mpi"
+    summary = "Under mpiexec -n N: rank 0 drives, the other N-1 ranks compute."
+    shared_options = ("--memory", "--cores-per-task", "--scratch", "--timeout", "--keep-stdout")
 
     def __init__(
         self,
@@ -132,6 +134,7 @@ class MPIBackend(Backend):
         cores_per_task: int | None = None,
         scratch: str | Path | None = None,
         timeout: float | None = None,
+        keep_stdout: bool = False,
     ) -> None:
         MPI = _mpi()
         self.MPI = MPI
@@ -156,11 +159,9 @@ class MPIBackend(Backend):
         self.cores_per_task = cores_per_task
         self.scratch = str(scratch) if scratch else None
         self.timeout = timeout
+        self.keep_stdout = keep_stdout
         self.workers = self.size - 1
-        self._inbox: deque[tuple[FragmentTask, Future]] = deque()
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
+        self._inbox: Inbox[tuple[FragmentTask, Future]] = Inbox()
         self._thread: threading.Thread | None = None
         self._released = False
         self._error: BaseException | None = None
@@ -175,19 +176,6 @@ class MPIBackend(Backend):
         return self.rank == 0
 
     @classmethod
-    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        add_option(
-            group, "--memory", type=float, help="memory per task in GiB (default: free memory of the node / its ranks)"
-        )
-        add_option(
-            group, "--cores-per-task", type=int, help="cores per task (default: the node's cores / its worker ranks)"
-        )
-        add_option(
-            group, "--scratch", help="parent directory for scratch files on each node (default: the system's temp)"
-        )
-        add_option(group, "--timeout", type=float, help="seconds before a single calculation is killed")
-
-    @classmethod
     def from_arguments(cls, args: argparse.Namespace) -> "MPIBackend":
         if getattr(args, "workers", None) is not None:
             raise InputError(
@@ -198,6 +186,7 @@ class MPIBackend(Backend):
             cores_per_task=getattr(args, "cores_per_task", None),
             scratch=getattr(args, "scratch", None),
             timeout=getattr(args, "timeout", None),
+            keep_stdout=getattr(args, "keep_stdout", False),
         )
         if not backend.is_driver:
             sys.exit(backend.serve())
@@ -218,6 +207,7 @@ class MPIBackend(Backend):
             scratch=self.scratch,
             timeout=self.timeout,
             log_level=logging.getLogger().getEffectiveLevel(),
+            keep_stdout=self.keep_stdout,
         )
         for dest in range(1, self.size):
             self.comm.send(message, dest=dest, tag=TAG_START)
@@ -242,14 +232,12 @@ class MPIBackend(Backend):
         return self.submit_many([task])[0]
 
     def submit_many(self, tasks: list[FragmentTask]) -> list[Future]:
-        if self._thread is None or self._stop.is_set():
+        if self._thread is None or self._inbox.stopped.is_set():
             raise RuntimeError("MPIBackend.start() must run (on rank 0) before submit()")
         if self._error is not None:
             raise RuntimeError(f"the MPI communication thread failed: {self._error}")
         futures: list[Future] = [Future() for _ in tasks]
-        with self._lock:
-            self._inbox.extend(zip(tasks, futures, strict=True))
-        self._wake.set()
+        self._inbox.put(zip(tasks, futures, strict=True))
         return futures
 
     def _communicate(self) -> None:
@@ -257,24 +245,18 @@ class MPIBackend(Backend):
         hub = self._hub
         assert hub is not None
         try:
-            while not self._stop.is_set():
-                with self._lock:
-                    moved = list(self._inbox)
-                    self._inbox.clear()
+            while not self._inbox.stopped.is_set():
+                moved = self._inbox.take()
                 hub.queue.extend(moved)
                 busy = hub.receive() | hub.dispatch() | bool(moved)
                 if not busy:
-                    self._wake.wait(IDLE_POLL_SECONDS)
-                    self._wake.clear()
+                    self._inbox.wait(IDLE_POLL_SECONDS)
         except BaseException as exc:  # every future must resolve, or the Runner waits forever
             logger.exception("MPI communication thread failed")
             self._error = exc
             hub.fail_all(f"MPI communication failed: {exc}")
         finally:
-            with self._lock:
-                moved = list(self._inbox)
-                self._inbox.clear()
-            hub.queue.extend(moved)
+            hub.queue.extend(self._inbox.take())
             hub.fail_all("the MPI backend was shut down before this calculation ran")
             hub.release_workers()
 
@@ -286,8 +268,7 @@ class MPIBackend(Backend):
             if wait and not cancel_futures:
                 while self._thread.is_alive() and self._hub.busy():
                     time.sleep(IDLE_POLL_SECONDS)
-            self._stop.set()
-            self._wake.set()
+            self._inbox.stop()
             self._thread.join()
         else:
             _Hub(self.comm, self.MPI, []).release_workers(range(1, self.size))
@@ -453,7 +434,7 @@ class _Hub:
         peer.alive = False
         for task, fut in peer.outstanding.values():
             self.failed_on.setdefault(task.hash, set()).add(peer.rank)
-            fut.set_result(TaskOutcome(hash=task.hash, success=False, error=why, worker=peer.name))
+            fut.set_result(TaskOutcome.failure(task.hash, FailureKind.crash, why, worker=peer.name))
         peer.outstanding.clear()
 
     def fail_all(self, why: str) -> None:
@@ -518,7 +499,7 @@ class _WorkerRank:
         self.outbox: list[TaskOutcome] = []
         self.first_unsent = 0.0
         self.sends: list[Any] = []
-        self.pool: ProcessPool | None = None
+        self.pool: WarmPool | None = None
         self.scratch_dir: Path | None = None
         self.timeout: float | None = None
 
@@ -574,9 +555,7 @@ class _WorkerRank:
         parent = (
             Path(start.scratch) if start.scratch else Path(tempfile.gettempdir())
         ) / f"qcmb-mpi-{socket.gethostname()}"
-        parent.mkdir(parents=True, exist_ok=True)
-        sweep_stale_scratch(parent)
-        self.scratch_dir = Path(tempfile.mkdtemp(prefix=scratch_prefix(), dir=parent))
+        self.scratch_dir = make_scratch(parent)
         config = WorkerConfig(
             input_json=start.input_json,
             sources=start.sources,
@@ -585,14 +564,10 @@ class _WorkerRank:
             scratch_directory=str(self.scratch_dir),
             name=self.name,
             log_level=start.log_level,
+            keep_stdout=start.keep_stdout,
         )
         self.timeout = start.timeout
-        self.pool = ProcessPool(
-            max_workers=1,
-            context=multiprocessing.get_context("spawn"),
-            initializer=init_rank_child,
-            initargs=(config,),
-        )
+        self.pool = WarmPool(1, config, init_rank_child)
         logger.debug("%s ready: %d cores, %.2f GiB per task", self.name, res.ncores, res.memory)
         return ReadyMessage(
             rank=self.rank, name=self.name, host=socket.gethostname(), ncores=res.ncores, memory=res.memory
@@ -624,7 +599,7 @@ class _WorkerRank:
                 active = True
             if running is None and self.pending and not stopping:
                 task = self.pending.popleft()
-                running = (task, self.pool.schedule(run_fragment, args=(task,), timeout=self.timeout))
+                running = (task, self.pool.schedule(task, timeout=self.timeout))
                 active = True
             self._flush(force=running is None or not self.pending)
             if stopping and running is not None:
@@ -642,7 +617,7 @@ class _WorkerRank:
         try:
             outcome = fut.result()
         except Exception as exc:
-            outcome = TaskOutcome(hash=task.hash, success=False, error=describe_error(exc), worker=self.name)
+            outcome = TaskOutcome.from_exception(task.hash, exc, worker=self.name)
         if not self.outbox:
             self.first_unsent = time.perf_counter()
         self.outbox.append(outcome)
@@ -658,8 +633,7 @@ class _WorkerRank:
 
     def _teardown(self) -> None:
         if self.pool is not None:
-            self.pool.stop()
-            self.pool.join()
+            self.pool.close(cancel=True)
             self.pool = None
         if self.scratch_dir is not None:
             shutil.rmtree(self.scratch_dir, ignore_errors=True)
@@ -677,5 +651,3 @@ def init_rank_child(config: WorkerConfig) -> None:
     os.environ.update(clean)
     init_worker(config)
 
-
-BACKEND = MPIBackend

@@ -27,9 +27,9 @@ from typing import Any
 from pydantic import BaseModel, SecretStr
 from qcelemental.models.v2 import AtomicInput, AtomicProperties, AtomicResult, Provenance
 
-from qcmb_fractal.drive.state import ComponentProperties
+from qcmb_fractal.drive.state import ComponentProperties, FailureKind
 from qcmb_fractal.errors import InputError
-from qcmb_fractal.execute.base import Backend, TaskOutcome, add_option
+from qcmb_fractal.execute.base import Backend, TaskOutcome
 from qcmb_fractal.plan import FragmentTask, Plan
 
 logger = logging.getLogger(__name__)
@@ -218,6 +218,7 @@ def record_to_result(record: Any, atomic: AtomicInput, program: str) -> AtomicRe
 
 class QCPortalBackend(Backend):
     name = "qcportal"
+    summary = "Plain singlepoint records on any QCFractal server; its compute managers run them."
 
     def __init__(
         self,
@@ -255,19 +256,20 @@ class QCPortalBackend(Backend):
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        add_option(
-            group,
+        group.add_argument(
             "--server",
             help="QCFractal server URL, or the name of an entry in qcportal_config.yaml "
             "(default: $QCPORTAL_ADDRESS or the file's address)",
         )
-        add_option(group, "--username", help=f"user on the server; the password comes from ${PASSWORD_ENV} or a prompt")
-        add_option(group, "--qcportal-config", help="a qcportal_config.yaml (default: ./ then ~/.qca/)")
-        add_option(group, "--no-verify-ssl", action="store_true", help="accept a self-signed server certificate")
-        add_option(group, "--tag", help="compute tag routing the calculations to managers (default: *)")
-        add_option(group, "--priority", choices=PRIORITIES, help="compute priority on the server (default: normal)")
-        add_option(
-            group, "--poll-interval", type=float, help="longest wait in seconds between status polls (default: 10)"
+        group.add_argument(
+            "--username", help=f"user on the server; the password comes from ${PASSWORD_ENV} or a prompt"
+        )
+        group.add_argument("--qcportal-config", help="a qcportal_config.yaml (default: ./ then ~/.qca/)")
+        group.add_argument("--no-verify-ssl", action="store_true", help="accept a self-signed server certificate")
+        group.add_argument("--tag", help="compute tag routing the calculations to managers (default: *)")
+        group.add_argument("--priority", choices=PRIORITIES, help="compute priority on the server (default: normal)")
+        group.add_argument(
+            "--poll-interval", type=float, help="longest wait in seconds between status polls (default: 10)"
         )
 
     @classmethod
@@ -387,7 +389,7 @@ class QCPortalBackend(Backend):
         subs = queued + [s for group in self._pending.values() for s in group]
         self._pending.clear()
         for s in subs:
-            self._resolve(s, TaskOutcome(hash=s.task.hash, success=False, error=message, worker=self._where))
+            self._resolve(s, TaskOutcome.failure(s.task.hash, FailureKind.crash, message, worker=self._where))
 
     @staticmethod
     def _resolve(sub: _Submission, outcome: TaskOutcome) -> None:
@@ -442,7 +444,8 @@ class QCPortalBackend(Backend):
         for idx, ((sub, _), rid) in enumerate(zip(batch, ids, strict=True)):
             if rid is None or idx in refused:
                 error = f"the server refused this singlepoint: {refused.get(idx)}"
-                self._resolve(sub, TaskOutcome(hash=sub.task.hash, success=False, error=error, worker=self._where))
+                outcome = TaskOutcome.failure(sub.task.hash, FailureKind.input_error, error, worker=self._where)
+                self._resolve(sub, outcome)
             else:
                 self._pending[rid].append(sub)
         new = len(meta.inserted_idx)
@@ -516,13 +519,24 @@ class QCPortalBackend(Backend):
             "reference": str(record.id),
         }
         if status != "complete":
-            return TaskOutcome(success=False, error=self._error_text(record), **common)
+            return TaskOutcome(success=False, kind=self._failure_kind(record), error=self._error_text(record), **common)
         try:
             result = record_to_result(record, self.plan.atomic_input(task), task.program)
             properties = ComponentProperties.from_atomic_result(result)
         except Exception as exc:  # malformed record: a failed attempt, not a dead I/O thread
-            return TaskOutcome(success=False, error=f"record {record.id} unreadable: {exc}", **common)
+            error = f"record {record.id} unreadable: {exc}"
+            return TaskOutcome(success=False, kind=FailureKind.program_error, error=error, **common)
         return TaskOutcome(success=True, properties=properties, result=result, **common)
+
+    @staticmethod
+    def _failure_kind(record: Any) -> FailureKind:
+        """An errored record's kind from its error_type; cancelled or deleted on the server, it was lost."""
+        if record.status.value != "error":
+            return FailureKind.crash
+        try:
+            return FailureKind.from_error_type((record.error or {}).get("error_type"))
+        except Exception:  # the error text is fetched on demand and may be unavailable
+            return FailureKind.program_error
 
     def _error_text(self, record: Any) -> str:
         status = record.status.value
@@ -533,6 +547,3 @@ class QCPortalBackend(Backend):
         except Exception as exc:
             return f"singlepoint record {record.id} errored (error text unavailable: {exc})"
         return f"{err.get('error_type', 'error')}: {err.get('error_message', '')} (record {record.id})".strip()
-
-
-BACKEND = QCPortalBackend

@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session, joinedload, selectinload, undefer
 
 import qcmb_fractal
 from qcmb_fractal.drive import ManyBodyDriver, driver_from_state, make_driver
-from qcmb_fractal.drive.state import ComponentProperties, DriverState, TaskStatus
+from qcmb_fractal.drive.state import ComponentProperties, DriverState, FailureKind, TaskStatus
 from qcmb_fractal.errors import InputError
 from qcmb_fractal.plan import FragmentTask, Plan, make_plan
 from qcmb_fractal.plan.inputs import manybody_input
@@ -158,16 +158,17 @@ def _cluster_row(task: FragmentTask) -> QCMBClusterORM:
     )
 
 
-def singlepoint_error(record: BaseRecordORM) -> str:
-    """The last error a failed child reported, as one string."""
+def singlepoint_error(record: BaseRecordORM) -> tuple[str | None, str]:
+    """The last error a failed child reported: its ``error_type`` (None if it has none) and the error as one string."""
     if record.compute_history:
         out = record.compute_history[-1].outputs.get(OutputTypeEnum.error)
         if out is not None:
             err = out.get_output()
             if isinstance(err, dict):
-                return f"{err.get('error_type', 'error')}: {err.get('error_message', '')}".strip()
-            return str(err)
-    return f"singlepoint {record.id} ended as {record.status.value} without an error message"
+                error_type = err.get("error_type")
+                return error_type, f"{error_type or 'error'}: {err.get('error_message', '')}".strip()
+            return None, str(err)
+    return None, f"singlepoint {record.id} ended as {record.status.value} without an error message"
 
 
 def waiting_reason_text(reason: dict[str, Any], most: int = 3) -> str:
@@ -335,15 +336,11 @@ class QCMBManyBodyRecordSocket(BaseRecordSocket):
                     reference=str(child.id),
                 )
             elif child.status == RecordStatusEnum.error:
-                if driver.record(key).status is TaskStatus.error:
-                    # Failed for good before, so the record errored; it was reset since: fresh attempts.
-                    driver.state.tasks[key] = driver.record(key).model_copy(
-                        update={"status": TaskStatus.running, "attempts": 0}
-                    )
-                error = singlepoint_error(child)
-                # QCEngine's input_error (unknown method, basis, keyword) fails the same way every time
-                retry = not error.startswith("input_error")
-                if driver.record_failure(key, error, worker=child.manager_name, retry=retry):
+                # Failed for good before, so the record errored; it was reset since: fresh attempts.
+                driver.restart_failed(key)
+                error_type, error = singlepoint_error(child)
+                kind = FailureKind.from_error_type(error_type)
+                if driver.record_failure(key, error, kind=kind, worker=child.manager_name):
                     retried.append(driver.plan.by_hash[key].label)
             else:
                 pending.append(dep)
@@ -442,11 +439,9 @@ class QCMBManyBodyRecordSocket(BaseRecordSocket):
     def _failure_table(self, rec: QCMBManyBodyRecordORM, driver: ManyBodyDriver) -> str:
         sp_ids = {c.task_hash: c.singlepoint_id for c in rec.clusters}
         rows = []
-        for key, task_rec in sorted(driver.state.tasks.items(), key=lambda kv: driver.plan.by_hash[kv[0]].label):
-            if task_rec.status is TaskStatus.error:
-                err = (task_rec.error or "unknown error").strip().splitlines()
-                label = driver.plan.by_hash[key].label
-                rows.append((label, sp_ids.get(key), task_rec.attempts, err[-1][:ERROR_WIDTH] if err else ""))
+        for task, task_rec in driver.failed_records():
+            err = (task_rec.error or "unknown error").strip().splitlines()
+            rows.append((task.label, sp_ids.get(task.hash), task_rec.attempts, err[-1][:ERROR_WIDTH] if err else ""))
         return tabulate.tabulate(rows, headers=["cluster", "singlepoint", "attempts", "last error"])
 
     def _fail(
@@ -455,7 +450,7 @@ class QCMBManyBodyRecordSocket(BaseRecordSocket):
         """Error the record, keeping the failed children as dependencies so a reset re-runs exactly them."""
         failed = [c for c in rec.clusters if driver.record(c.task_hash).status is TaskStatus.error]
         self._set_dependencies(service_orm, [(c.singlepoint_id, c.task_hash) for c in failed if c.singlepoint_id])
-        done = sum(1 for r in driver.state.tasks.values() if r.status is TaskStatus.complete)
+        done = driver.count(TaskStatus.complete)
         message = (
             f"{len(failed)} fragment calculation(s) failed (up to {driver.state.max_attempts} attempt(s) each; "
             "input errors are not retried); "
@@ -480,8 +475,7 @@ class QCMBManyBodyRecordSocket(BaseRecordSocket):
         properties = result.properties.model_dump(mode="json", exclude_none=True)
         properties["return_result"] = rec.result["return_result"]
         rec.properties = properties
-        attempts = sum(r.attempts for r in driver.state.tasks.values())
-        ours = {"mode": driver.state.mode, "tasks": len(driver.plan.tasks), "failed_attempts": attempts}
+        ours = {"mode": driver.state.mode, "tasks": len(driver.plan.tasks), "failed_attempts": driver.failed_attempts}
         rec.extras = {"qcmb_fractal": {**result.extras.get("qcmb_fractal", {}), **ours}}
         append_output(session, rec, OutputTypeEnum.stdout, "\n" + (result.stdout or "") + "\n")
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from qcmb_fractal.errors import RunFailed
-from qcmb_fractal.execute import Runner
-from qcmb_fractal.execute.backends.local import SCRATCH_PREFIX, LocalBackend, sweep_stale_scratch
+from qcmb_fractal.execute import Runner, add_backend_arguments
+from qcmb_fractal.execute.backends.local import LocalBackend
+from qcmb_fractal.execute.pool import SCRATCH_PREFIX, sweep_stale_scratch
 from qcmb_fractal.plan import Plan
 from qcmb_fractal.testing.molecules import water_cluster
 from qcmb_fractal.testing.programs import needs_nwchem, needs_xtb
@@ -23,7 +24,7 @@ from qcmb_fractal.testing.reference import NWCHEM_HF, XTB_GFN2, mbe_input
 
 def test_command_line_options() -> None:
     parser = argparse.ArgumentParser()
-    LocalBackend.add_arguments(parser.add_argument_group("local"))
+    add_backend_arguments(parser)
     args = parser.parse_args(["--workers", "1", "--memory", "0.5", "--cores-per-task", "1", "--timeout", "9"])
     backend = LocalBackend.from_arguments(args)
     assert (backend.workers, backend.resources.ncores, backend.resources.memory) == (1, 1, 0.5)
