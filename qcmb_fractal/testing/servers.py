@@ -64,6 +64,7 @@ class Server:
     proc: subprocess.Popen | None = None
     starts: int = 0
     heartbeat_max_missed: int = HEARTBEAT_MAX_MISSED
+    service_frequency: int = 1  # seconds between service iterations (QCFractal's default is 60)
     command: tuple[str, ...] = ("qcfractal-server",)  # or the plugin's ``qcmb-fractal-server``
     env: dict[str, str] = field(default_factory=dict)  # added to the environment of the server's processes
     keys: dict[str, str] = field(default_factory=lambda: {k: secrets.token_urlsafe(32) for k in ("secret", "jwt")})
@@ -89,7 +90,7 @@ class Server:
             "loglevel": "INFO",
             "enable_security": True,
             "allow_unauthenticated_read": False,
-            "service_frequency": 1,
+            "service_frequency": self.service_frequency,
             "heartbeat_frequency": 1,
             "heartbeat_frequency_jitter": 0.0,
             "heartbeat_max_missed": self.heartbeat_max_missed,
