@@ -5,6 +5,7 @@ A configuration or connection mistake prints one line and exits 2 (``--verbose``
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -46,6 +47,7 @@ def _configure_logging(verbose: bool, level: str, logfile: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Returns 2 on a configuration or connection mistake; after a run the process exits from here."""
     args = _parser().parse_args(argv)
     _configure_logging(args.verbose, "INFO", None)  # as QCFractal's: configuration reading is logged too
     try:
@@ -70,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("SIGHUP", "SIGINT", "SIGTERM"):
         signal.signal(getattr(signal, name), stop)
     manager.start()
-    return 0
+    # Deactivated, workers ended: nothing is left to wait for. A ProcessPoolExecutor whose workers were killed
+    # can leave its management thread stuck at interpreter exit (seen once in a few SIGTERMs on a loaded
+    # machine), keeping a stopped manager alive until its supervisor kills it; leave without waiting for it.
+    logging.shutdown()
+    os._exit(0)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,9 +1,11 @@
-"""qcmb-fractal-compute against a real ``qcmb-fractal-server start`` on PostgreSQL: plugin records and plain
-QCFractal singlepoints come back with the reference numbers, a SIGTERM hands claimed tasks back, a crashing
+"""qcmb-fractal-compute against a real ``qcmb-fractal-server start`` on PostgreSQL: plugin records (levels mode,
+not waiting for the service loop at level boundaries) and plain QCFractal singlepoints come back with the
+reference numbers, a SIGTERM hands claimed tasks back, a crashing
 program errors its record with the program's own message. (A SIGKILLed manager: tests/plugin/server/
 test_service_faults.py runs this manager.)"""
 
 import sys
+import time
 
 import pytest
 from qcmanybody.v2.computer import ManyBodyComputer
@@ -19,13 +21,21 @@ from qcmb_fractal.testing.servers import QCMB_MANAGER, Manager, Server, assert_n
 
 pytestmark = [needs_xtb, pytest.mark.slow]
 DB_NAME = "qcmb_compute_manager"
+# The service loop runs this seriously seldom, so a levels-mode record that finishes within a few of its periods
+# proves that its level boundaries do not wait for the loop (the plugin queues the next step when a level ends).
+SERVICE_FREQUENCY = 15
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     fresh_database(DB_NAME, plugin=True)
     root = tmp_path_factory.mktemp("compute")
-    srv = Server(root / "server", DB_NAME, command=(sys.executable, "-m", "qcmb_fractal.plugin.server"))
+    srv = Server(
+        root / "server",
+        DB_NAME,
+        command=(sys.executable, "-m", "qcmb_fractal.plugin.server"),
+        service_frequency=SERVICE_FREQUENCY,
+    )
     srv.write_config()
     srv.add_users()
     try:
@@ -56,14 +66,19 @@ def test_plugin_record_and_plain_singlepoint_match_the_reference(server, start_m
     manager = start_manager("qcmb-compute-numbers", 2)
     client = server.admin()
     trimer, dimer = portal_molecule(water_cluster(3, shift=31.0)), portal_molecule(water_cluster(2, shift=32.0))
-    spec = simple_specification(program="xtb", method="gfn2-xtb", max_nbody=2)
+    spec = simple_specification(program="xtb", method="gfn2-xtb", max_nbody=3, mode="levels")
     _, (rid,) = add_qcmb_manybodys(client, trimer, spec)
     _, (sp_id,) = client.add_singlepoints([dimer], "xtb", "energy", "gfn1-xtb", None)
 
+    is_running = lambda: client.get_records(rid).status != RecordStatusEnum.waiting  # noqa: E731
+    wait_until(is_running, 3 * SERVICE_FREQUENCY, "the service loop to start the record", server.log)
+    started = time.monotonic()
     record = wait_for_record(client, rid)
     assert record.status == RecordStatusEnum.complete, record.error
+    # Three levels and the final step: through the service loop alone that is 3 more of its periods at least.
+    assert time.monotonic() - started < 2 * SERVICE_FREQUENCY, "level boundaries waited for the service loop"
     reference = ManyBodyComputer.from_manybodyinput(validated_input(trimer, spec)).properties
-    for key in ("nocp_corrected_total_energy_through_2_body", "nocp_corrected_interaction_energy_through_2_body"):
+    for key in ("nocp_corrected_total_energy_through_3_body", "nocp_corrected_interaction_energy_through_3_body"):
         assert record.properties[key] == pytest.approx(getattr(reference, key), abs=1e-9)
 
     singlepoint = wait_for_record(client, sp_id)

@@ -13,6 +13,9 @@ Hook points (all checked by :func:`check_startup`):
 - ``RecordSocket.__init__`` builds fixed handler maps; the wrapper adds this record type's socket.
 - ``RecordSocket.update_failed_service`` errors a service once a child errored; the wrapper lets this
   record type retry the child first.
+- ``RecordSocket.update_completed`` stores a child's result; the wrapper then queues the iteration of a
+  qcmb_manybody service whose children are now all complete, instead of leaving it to the next pass of the
+  service loop (``service_frequency``, 60 s by default) (see ``advance_when_ready`` in :mod:`.record_socket`).
 - the ``api_v1`` blueprint: routes are added on import of ``record_routes``, which must happen before
   ``create_flask_app`` registers the blueprint (it builds the socket first, so the socket hook is in time).
 - the database: tables, deletion trigger and children views (see :mod:`.install`).
@@ -207,6 +210,7 @@ def install_hooks() -> None:
 
     original_init = RecordSocket.__init__
     original_update_failed_service = RecordSocket.update_failed_service
+    original_update_completed = RecordSocket.update_completed
 
     def __init__(self, root_socket) -> None:
         original_init(self, root_socket)
@@ -230,10 +234,21 @@ def install_hooks() -> None:
                 error_info = {**error_info, "error_message": f"{FAILED_DEPENDENCIES_MESSAGE}; retry failed: {err}"}
         original_update_failed_service(self, session, record_orm, error_info)
 
+    def update_completed(self, session, record_id, record_type, result, manager_name):
+        out = original_update_completed(self, session, record_id, record_type, result, manager_name)
+        try:
+            with session.begin_nested():
+                self.qcmb_manybody.advance_when_ready(session, record_id)
+        except Exception:  # never let a shortcut fail a result: the service loop still finds the service
+            logger.exception("record %s: queueing its qcmb_manybody service's next step raised", record_id)
+        return out
+
     __init__._qcmb_hook = True
     update_failed_service._qcmb_hook = True
+    update_completed._qcmb_hook = True
     RecordSocket.__init__ = __init__
     RecordSocket.update_failed_service = update_failed_service
+    RecordSocket.update_completed = update_completed
     logger.info("qcmb_manybody record type hooked into QCFractal %s", qcfractal.__version__)
 
 
@@ -294,6 +309,8 @@ def hook_problems() -> list[str]:
         problems.append("RecordSocket.__init__ is not hooked (install_hooks() was not called in this process)")
     if not getattr(RecordSocket.update_failed_service, "_qcmb_hook", False):
         problems.append("RecordSocket.update_failed_service is not hooked")
+    if not getattr(RecordSocket.update_completed, "_qcmb_hook", False):
+        problems.append("RecordSocket.update_completed is not hooked")
     if "qcmb_fractal.plugin.server.record_routes" not in sys.modules:
         problems.append("the qcmb_manybody routes were never added to the api_v1 blueprint")
     return problems
