@@ -2,7 +2,7 @@
 
 One ``qcmb-fractal-server start`` (machine PostgreSQL, service loop at 1 s) serves an xtb water-cluster
 MBE(3) qcmb_manybody record (eager mode) to each manager in turn: 2 workers each, the same update_frequency,
-each manager started and registered before its record is submitted (start-up is not timed). The local
+each manager started (its log says so) before its record is submitted (start-up is not timed). The local
 backend (2 workers, in this process) runs the same input. Per-child overhead is (time-to-solution - local
 backend's) / children. Prints ``uptime`` first: on a loaded machine every column slows down.
 
@@ -55,12 +55,8 @@ def run_manager(server: Server, root: Path, name: str, command, waters: int, fre
     manager = Manager(root, server, name.replace("-", "_"), command=command, max_workers=2, update_frequency=freq)
     manager.start()
     try:
-        wait_until(
-            lambda: any(m.cluster == manager.name for m in server.admin().query_managers()),
-            120,
-            f"{name} to register",
-            manager.log,
-        )
+        ready = "Compute Manager successfully started."  # both managers log it once they can take tasks
+        wait_until(lambda: ready in manager.log(), 300, f"{name} to start", manager.log)
         client = server.admin()
         mol = portal_molecule(water_cluster(waters))  # find_existing=False: new children every time
         start = time.monotonic()
@@ -113,9 +109,7 @@ def main() -> None:
                 assert children == n and abs(e - e_local) < 1e-9, (name, e, e_local)
                 times[name] = t
             rows.append((waters, n, times, t_local))
-        t, e, _ = run_manager(
-            server, root / "managers", "levels-6", QCMB_MANAGER, 6, args.update_frequency, "levels"
-        )
+        t, e, _ = run_manager(server, root / "managers", "levels-6", QCMB_MANAGER, 6, args.update_frequency, "levels")
         levels[6] = t
     finally:
         if server.proc is not None:

@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
+from concurrent.futures import wait as future_wait
 from typing import Any
 
 from qcfractalcompute.apps.qcengine import qcengine_conda_app
@@ -65,11 +66,22 @@ class WarmComputeManager(ComputeManager):
         self, config: FractalComputeConfig, claim_ahead: int = CLAIM_AHEAD, coalesce: float = COALESCE_SECONDS
     ) -> None:
         check_config(config)
-        super().__init__(config)
+        self._wake = threading.Event()
+        # Workers start first and warm up (QCEngine import, CPU probe) while QCFractal discovers programs and
+        # activates; start() waits for them, so the manager claims nothing it cannot start at once.
+        self._pools: dict[str, WarmPool] = {
+            label: WarmPool(ex, ex.max_workers, config.cluster, self._wake.set)
+            for label, ex in config.executors.items()
+        }
+        self._warming = [f for pool in self._pools.values() for f in pool.warm_up()]
+        try:
+            super().__init__(config)
+        except BaseException:
+            for pool in self._pools.values():
+                pool.shutdown()
+            raise
         self.logger = _NamedAdapter(logging.getLogger("qcmb_fractal.compute"), {"manager": config.cluster})
         self.claim_ahead, self.coalesce = claim_ahead, coalesce
-        self._wake = threading.Event()
-        self._pools: dict[str, WarmPool] = {}
         self.handed_back = 0  # claimed tasks given back to the server at shutdown
 
     # -- running tasks ------------------------------------------------------------------------------------
@@ -125,9 +137,10 @@ class WarmComputeManager(ComputeManager):
 
     def start(self, manual_updates: bool = False) -> None:
         """Run until :meth:`stop`: update when a task finishes or every update_frequency, heartbeat on time."""
-        for label, config in self.manager_config.executors.items():
-            self._pools[label] = WarmPool(config, config.max_workers, self.name_data.cluster, self._wake.set)
-            self._pools[label].warm_up()
+        for future in self._warming:
+            while not self._is_stopping and not future.done():
+                self.heartbeat()
+                future_wait([future], timeout=self.heartbeat_frequency)
         self.logger.info("Compute Manager successfully started.")
         self._failed_heartbeats = 0
         self._idle_start_time = time.time()

@@ -125,10 +125,9 @@ class WarmPool:
             initargs=(self.config, self.name),
         )
 
-    def warm_up(self) -> None:
-        """Start every worker now (without waiting for them), not when the first task arrives."""
-        for _ in range(self.max_workers):
-            self._pool.submit(os.getpid)
+    def warm_up(self) -> list[Future]:
+        """Start every worker now, not when the first task arrives; the futures finish once they are ready."""
+        return [self._pool.submit(os.getpid) for _ in range(self.max_workers)]
 
     def submit(self, fn: Callable[..., AppTaskResult], *args: Any, **kwargs: Any) -> Future:
         outer: Future = Future()
