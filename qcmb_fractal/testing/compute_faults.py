@@ -17,10 +17,3 @@ def fault_hang(seconds: float) -> int:
     time.sleep(seconds)
     return os.getpid()
 
-
-def fault_hang_in_program(seconds: float) -> int:
-    """Keep a worker busy in a child program, as a hanging QC program does."""
-    import subprocess
-
-    subprocess.run(["sleep", str(seconds)], check=False)
-    return os.getpid()
