@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-MANAGER = "qcfractal-compute-manager"  # the one line to change for another manager reading the same file
+MANAGER = "qcmb-fractal-compute"  # warm workers; "qcfractal-compute-manager" reads the same file
 
 DATA = Path(os.environ.get("QCMB_DATA", "/var/lib/qcmb"))
 CONFIG = DATA / "manager.yaml"

@@ -11,9 +11,10 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import psycopg2
 from psycopg2 import sql
@@ -125,8 +126,12 @@ def fractal_snowflake(
     service_frequency: int = 1,
     keep_database: bool = False,
     extra_config: dict[str, Any] | None = None,
+    manager: Literal["qcfractal", "qcmb"] = "qcfractal",
 ) -> Iterator[tuple[FractalSnowflake, PortalClient]]:
     """A started snowflake (API, job runner, compute manager) on a fresh PostgreSQL database.
+
+    ``manager="qcmb"`` computes with qcmb-fractal-compute's manager (in a thread, as the snowflake runs its own)
+    instead of QCFractal's: tests that need *a* manager finish their records seconds sooner.
 
     With ``plugin=True`` the qcmb-fractal plugin is loaded into this process first and its schema is
     installed, exactly as ``qcmb-fractal-server init-db`` does on a real server. ``extra_config`` goes into the
@@ -149,13 +154,29 @@ def fractal_snowflake(
         from qcmb_fractal.plugin.server.hooks import check_startup
 
         check_startup(cfg)
+    if manager == "qcmb":
+        snowflake._compute_enabled = False  # the snowflake's own manager stays off; ours runs below
     snowflake.start()
+    ours = _start_warm_manager(snowflake) if manager == "qcmb" and compute_workers > 0 else None
     try:
         yield snowflake, snowflake.client()
     finally:
+        if ours is not None:
+            ours[0].stop()
+            ours[1].join(timeout=60)
         snowflake.stop()
         if not keep_database:
             drop_database(db_name)
+
+
+def _start_warm_manager(snowflake: FractalSnowflake) -> tuple[Any, threading.Thread]:
+    """qcmb-fractal-compute's manager on the snowflake's own manager configuration, running in a thread."""
+    from qcmb_fractal.compute import WarmComputeManager
+
+    manager = WarmComputeManager(snowflake._compute_config)
+    thread = threading.Thread(target=manager.start, name="qcmb-fractal-compute", daemon=True)
+    thread.start()
+    return manager, thread
 
 
 def portal_molecule(molecule: Any) -> PortalMolecule:

@@ -1,5 +1,6 @@
 """Real server processes for fault tests: ``qcfractal-server start`` (or ``qcmb-fractal-server start``) and
-``qcfractal-compute-manager``, each in its own process group, so a test can SIGKILL exactly one of them.
+a compute manager (``qcfractal-compute-manager`` or ``qcmb-fractal-compute``), each in its own process group,
+so a test can SIGKILL exactly one of them.
 
 The server is secured, with one user per role; its heartbeat settings are lowered so a dead manager is
 noticed in seconds.
@@ -63,6 +64,7 @@ class Server:
     proc: subprocess.Popen | None = None
     starts: int = 0
     heartbeat_max_missed: int = HEARTBEAT_MAX_MISSED
+    service_frequency: int = 1  # seconds between service iterations (QCFractal's default is 60)
     command: tuple[str, ...] = ("qcfractal-server",)  # or the plugin's ``qcmb-fractal-server``
     env: dict[str, str] = field(default_factory=dict)  # added to the environment of the server's processes
     keys: dict[str, str] = field(default_factory=lambda: {k: secrets.token_urlsafe(32) for k in ("secret", "jwt")})
@@ -88,7 +90,7 @@ class Server:
             "loglevel": "INFO",
             "enable_security": True,
             "allow_unauthenticated_read": False,
-            "service_frequency": 1,
+            "service_frequency": self.service_frequency,
             "heartbeat_frequency": 1,
             "heartbeat_frequency_jitter": 0.0,
             "heartbeat_max_missed": self.heartbeat_max_missed,
@@ -182,14 +184,23 @@ class Server:
         return "\n".join(p.read_text()[-3000:] for p in sorted(self.root.glob("server-*.log")))
 
 
+# The managers a test can start: QCFractal's own, and ours from this checkout (its console script belongs to
+# the installed copy, so it runs as a module).
+QCFRACTAL_MANAGER = ("qcfractal-compute-manager",)
+QCMB_MANAGER = (sys.executable, "-m", "qcmb_fractal.compute")
+
+
 @dataclass
 class Manager:
-    """A ``qcfractal-compute-manager`` process group running xtb one task at a time."""
+    """A compute manager process group running xtb, by default one task at a time."""
 
     root: Path
     server: Server
     name: str
     proc: subprocess.Popen | None = None
+    command: tuple[str, ...] = QCFRACTAL_MANAGER  # or QCMB_MANAGER
+    max_workers: int = 1
+    update_frequency: float = 1
 
     @property
     def folder(self) -> Path:
@@ -209,7 +220,7 @@ class Manager:
             "cluster": self.name,
             "loglevel": "INFO",
             "logfile": str(folder / "manager.log"),
-            "update_frequency": 1,
+            "update_frequency": self.update_frequency,
             "update_frequency_jitter": 0.0,
             "parsl_run_dir": str(folder / "parsl"),
             "server": {"fractal_uri": self.server.uri, "username": MANAGER, "password": MANAGER_PASSWORD},
@@ -218,7 +229,7 @@ class Manager:
                     "type": "local",
                     "cores_per_worker": 1,
                     "memory_per_worker": 1,
-                    "max_workers": 1,
+                    "max_workers": self.max_workers,
                     "compute_tags": ["*"],
                     "scratch_directory": str(folder / "scratch"),
                 }
@@ -226,7 +237,7 @@ class Manager:
         }
         (folder / "manager.yaml").write_text(yaml.safe_dump(config))
         self.proc = subprocess.Popen(
-            ["qcfractal-compute-manager", "--config", str(folder / "manager.yaml")],
+            [*self.command, "--config", str(folder / "manager.yaml")],
             stdout=subprocess.DEVNULL,
             stderr=open(folder / "stderr.log", "w"),  # noqa: SIM115
             env=_env(folder / "tmp"),

@@ -1,4 +1,4 @@
-"""One real QCFractal snowflake (machine PostgreSQL, real compute manager) shared by the plugin tests.
+"""One real QCFractal snowflake (machine PostgreSQL, qcmb-fractal-compute's manager) shared by the plugin tests.
 
 The manager's task processes see the test-only ``faultxtb`` program (see qcmb_fractal/testing/fault_harness.py),
 so fault-injection tests can break and fix a "node" without touching the record's specification. The
@@ -37,8 +37,8 @@ def fractal(fault_dir):
     discover_programs_conda.cache_clear()
     try:
         limit = {"qcmb_fractal": {"max_children_per_record": MAX_CHILDREN}}
-        with fractal_snowflake("qcmb_plugin_tests", plugin=True, extra_config=limit) as (snowflake, client):
-            yield snowflake, client
+        with fractal_snowflake("qcmb_plugin_tests", plugin=True, extra_config=limit, manager="qcmb") as snowflake:
+            yield snowflake
     finally:
         qcengine.unregister_program(FAULT_PROGRAM)
         discover_programs_conda.cache_clear()

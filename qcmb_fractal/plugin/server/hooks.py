@@ -17,6 +17,9 @@ Hook points (all checked by :func:`check_startup`):
   dataset socket. QCFractal's ``BaseDataset`` registry (keyed by ``dataset_type``) learns the dataset's client
   class when :mod:`qcmb_fractal.plugin.client.dataset_models` is imported, which the routes do; the ORM's
   polymorphic identity is registered by importing :mod:`.dataset_db_models`.
+- ``RecordSocket.update_completed`` stores a child's result; the wrapper then queues the iteration of a
+  qcmb_manybody service whose children are now all complete, instead of leaving it to the next pass of the
+  service loop (``service_frequency``, 60 s by default) (see ``advance_when_ready`` in :mod:`.record_socket`).
 - the ``api_v1`` blueprint: routes are added on import of ``record_routes`` and ``dataset_routes``, which must
   happen before ``create_flask_app`` registers the blueprint (it builds the socket first, so the socket hook is
   in time).
@@ -215,6 +218,7 @@ def install_hooks() -> None:
     original_init = RecordSocket.__init__
     original_dataset_init = DatasetSocket.__init__
     original_update_failed_service = RecordSocket.update_failed_service
+    original_update_completed = RecordSocket.update_completed
 
     def __init__(self, root_socket) -> None:
         original_init(self, root_socket)
@@ -244,11 +248,22 @@ def install_hooks() -> None:
         self.qcmb_manybody = socket
         self._handler_map[socket.dataset_type] = socket
 
+    def update_completed(self, session, record_id, record_type, result, manager_name):
+        out = original_update_completed(self, session, record_id, record_type, result, manager_name)
+        try:
+            with session.begin_nested():
+                self.qcmb_manybody.advance_when_ready(session, record_id)
+        except Exception:  # never let a shortcut fail a result: the service loop still finds the service
+            logger.exception("record %s: queueing its qcmb_manybody service's next step raised", record_id)
+        return out
+
     __init__._qcmb_hook = True
     update_failed_service._qcmb_hook = True
+    update_completed._qcmb_hook = True
     dataset_init._qcmb_hook = True
     RecordSocket.__init__ = __init__
     RecordSocket.update_failed_service = update_failed_service
+    RecordSocket.update_completed = update_completed
     DatasetSocket.__init__ = dataset_init
     logger.info("qcmb_manybody record and dataset types hooked into QCFractal %s", qcfractal.__version__)
 
@@ -312,6 +327,8 @@ def hook_problems() -> list[str]:
         problems.append("RecordSocket.__init__ is not hooked (install_hooks() was not called in this process)")
     if not getattr(RecordSocket.update_failed_service, "_qcmb_hook", False):
         problems.append("RecordSocket.update_failed_service is not hooked")
+    if not getattr(RecordSocket.update_completed, "_qcmb_hook", False):
+        problems.append("RecordSocket.update_completed is not hooked")
     if not getattr(DatasetSocket.__init__, "_qcmb_hook", False):
         problems.append("DatasetSocket.__init__ is not hooked (install_hooks() was not called in this process)")
     for routes in ("record_routes", "dataset_routes"):

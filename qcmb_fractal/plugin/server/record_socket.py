@@ -36,7 +36,7 @@ from qcportal.singlepoint import QCSpecification
 from qcportal.utils import chunk_iterable, is_included, now_at_utc
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, joinedload, selectinload, undefer
+from sqlalchemy.orm import Session, aliased, joinedload, selectinload, undefer
 
 import qcmb_fractal
 from qcmb_fractal.drive import ManyBodyDriver, driver_from_state, make_driver
@@ -233,6 +233,42 @@ class QCMBManyBodyRecordSocket(BaseRecordSocket):
             "routine": "qcmb_fractal.plugin.server",
         }
         return self._advance(session, service_orm)
+
+    def advance_when_ready(self, session: Session, child_id: int) -> list[int]:
+        """Queue the iteration of qcmb_manybody services whose last running child ``child_id`` just completed.
+
+        QCFractal notices finished children only in its service loop, every ``service_frequency`` seconds, so a
+        levels-mode record waits that long at every level boundary. This queues exactly the job that loop
+        would queue (same unique name, same function), now; QCFractal's ``_iterate_service`` checks again that
+        every child is complete, and the loop stays the fallback (a concurrent return, an errored child).
+        Returns the service ids queued.
+        """
+        dep, child, svc_record = aliased(ServiceDependencyORM), aliased(BaseRecordORM), aliased(BaseRecordORM)
+        unfinished = (
+            select(dep.service_id)
+            .join(child, child.id == dep.record_id)
+            .where(dep.service_id == ServiceDependencyORM.service_id, child.status != RecordStatusEnum.complete)
+        )
+        stmt = (
+            select(ServiceDependencyORM.service_id)
+            .join(ServiceQueueORM, ServiceQueueORM.id == ServiceDependencyORM.service_id)
+            .join(svc_record, svc_record.id == ServiceQueueORM.record_id)
+            .where(ServiceDependencyORM.record_id == child_id)
+            .where(svc_record.record_type == RECORD_TYPE, svc_record.status == RecordStatusEnum.running)
+            .where(~unfinished.exists())
+        )
+        service_ids = list(session.execute(stmt).scalars())
+        for service_id in service_ids:
+            self.root_socket.internal_jobs.add(
+                name=f"iterate_service_{service_id}",  # QCFractal's own name: never twice in the queue
+                scheduled_date=now_at_utc(),
+                function="services._iterate_service",
+                kwargs={"service_id": service_id},
+                user_id=None,
+                unique_name=True,
+                session=session,
+            )
+        return service_ids
 
     def handle_failed_dependencies(self, session: Session, service_orm: ServiceQueueORM) -> None:
         """QCFractal found errored children: retry them if attempts remain, else error the record with a table."""

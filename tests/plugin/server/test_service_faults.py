@@ -1,7 +1,8 @@
 """A compute manager SIGKILLed in the middle of a qcmb_manybody service, on the real multi-process server.
 
 The server-killed-mid-service case is in test_cli.py; the process helpers are the QCPortal backend's
-fault tests' (real ``qcmb-fractal-server start`` and ``qcfractal-compute-manager`` process groups).
+fault tests' (real ``qcmb-fractal-server start`` process group); the managers are qcmb-fractal-compute, so this
+is also its SIGKILL test (QCFractal's own manager is killed in tests/execute/backends/test_qcportal_faults.py).
 """
 
 import sys
@@ -16,6 +17,7 @@ from qcmb_fractal.testing.fractal import drop_database, fresh_database, portal_m
 from qcmb_fractal.testing.molecules import water_cluster
 from qcmb_fractal.testing.programs import needs_xtb
 from qcmb_fractal.testing.servers import (
+    QCMB_MANAGER,
     Manager,
     Server,
     assert_no_temporary_files,
@@ -34,7 +36,7 @@ def test_manager_killed_mid_service_hands_its_children_to_a_new_manager(tmp_path
     managers: list[Manager] = []
     try:
         server.start()
-        first = Manager(tmp_path / "managers", server, "qcmb-srvfault-plugin-first")
+        first = Manager(tmp_path / "managers", server, "qcmb-srvfault-plugin-first", command=QCMB_MANAGER)
         managers.append(first)
         first.start()
         client = server.admin()
@@ -49,7 +51,7 @@ def test_manager_killed_mid_service_hands_its_children_to_a_new_manager(tmp_path
         wait_until(dimer_held, 120, "the manager to hold the dimer", first.log)
         first.kill()
         wait_until(lambda: qcmb_level_status(client, rid)[1].running == 0, 60, "the dimer handed back", server.log)
-        second = Manager(tmp_path / "managers", server, "qcmb-srvfault-plugin-second")
+        second = Manager(tmp_path / "managers", server, "qcmb-srvfault-plugin-second", command=QCMB_MANAGER)
         managers.append(second)
         second.start()
         wait_until(
