@@ -7,7 +7,7 @@ RECORD_TYPE = "qcmb_manybody"
 PROGRAM = "qcmb-fractal"
 
 # Bumped whenever the plugin's tables, views or trigger change; stored in the database by init-db/upgrade-db.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: index on service_dependency.record_id
 
 # QCFractal has no plugin API: the hooks reach into internals that were checked on these releases only.
 TESTED_QCFRACTAL = ("0.71",)

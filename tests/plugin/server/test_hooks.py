@@ -46,6 +46,7 @@ def test_plain_database_is_refused_until_the_schema_is_installed_and_the_guard_r
         message = str(err.value)
         assert "table qcmb_manybody_record is missing" in message
         assert "view record_children_view does not include qcmb_manybody_cluster" in message
+        assert "index ix_qcmb_service_dependency_record_id (on service_dependency.record_id) is missing" in message
         assert "qcfractal-server upgrade-db" in message
 
         install_schema(cfg)
