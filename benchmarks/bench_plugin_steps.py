@@ -16,9 +16,10 @@ deleted with its children through the API. The anchor is the same record in one 
 limit, as before ``max_children_per_iteration``), in the same run; peak RSS is this process's (API, job runner
 and the stepping, all in one).
 
-Deletion (``--delete-waters``): a record's uncomputed children are deleted with it while other services wait on
-``--crowd`` children (rows of ``service_dependency``, as on a server running a campaign), with and without the
-plugin's index on ``service_dependency.record_id`` (the anchor: dropped for that case, as QCFractal leaves it).
+Deletion (``--delete-waters``): a running record is cancelled, then deleted with its uncomputed children, while
+other services wait on ``--crowd`` children (rows of ``service_dependency``, as on a server running a campaign),
+with and without the plugin's index on ``service_dependency.record_id`` (the anchor: dropped for that case, as
+QCFractal leaves it).
 
     PYTHONPATH=. python benchmarks/bench_plugin_steps.py [--waters 30 60] [--repeat 2] [--iteration-waters 20 32] \
         [--delete-waters 32] [--crowd 50000]
@@ -192,7 +193,8 @@ def crowd_dependencies(client, socket: SQLAlchemySocket, crowd: int) -> None:
 
 
 def deletion_rows(client, qcf_config, sizes: list[int], crowd: int) -> list[tuple]:
-    """Per record size: seconds to delete the running record with its children, without and with the index."""
+    """Per record size: seconds to cancel the running record, then to delete it with its children, without and with
+    the index."""
     socket = SQLAlchemySocket(qcf_config)
     crowd_dependencies(client, socket, crowd)
     rows = []
@@ -204,10 +206,13 @@ def deletion_rows(client, qcf_config, sizes: list[int], crowd: int) -> list[tupl
                 session.execute(text("ANALYZE service_dependency"))
             rid, children = running_record(client, socket, waters, 300.0 + waters + indexed)
             start = time.monotonic()
+            client.cancel_records([rid])
+            cancelled = time.monotonic() - start
             client.delete_records([rid], soft_delete=False, delete_children=True)
-            seconds = time.monotonic() - start
+            seconds = time.monotonic() - start - cancelled
             anchor = anchor or seconds
-            rows.append((waters, children, crowd, case, f"{seconds:.2f}", f"{seconds / anchor:.2f}"))
+            timings = (f"{cancelled:.2f}", f"{seconds:.2f}", f"{seconds / anchor:.2f}")
+            rows.append((waters, children, crowd, case, *timings))
     return rows
 
 
@@ -260,8 +265,8 @@ def main() -> None:
     headers = ["waters", "children", "case", "iterations", "init s", "max iteration s", "ratio to anchor"]
     headers += ["children/s", "final iteration s", "delete s", "peak RSS MB"]
     print(tabulate.tabulate(iterations, headers=headers))
-    print("\nDeleting a running record with its uncomputed children (seconds)\n")
-    headers = ["waters", "children", "other dependencies", "database", "delete s", "ratio to anchor"]
+    print("\nCancelling a running record, then deleting it with its uncomputed children (seconds)\n")
+    headers = ["waters", "children", "other dependencies", "database", "cancel s", "delete s", "delete ratio to anchor"]
     print(tabulate.tabulate(deletions, headers=headers))
     print(f"\nmachine load (1, 5, 15 min): {os.getloadavg()}")
 
