@@ -78,6 +78,7 @@ def test_batches_of_the_per_iteration_limit_give_the_local_result_and_do_not_sta
             assert abs(record.properties[key] - value) < ENERGY_TOL, key
             compared += 1
     assert compared > 3
+    client.delete_records([big_id, small_id], soft_delete=False, delete_children=True)  # other tests query records
 
 
 def test_record_with_uncomputed_children_is_cancelled_and_deleted_whole(client, per_iteration):
