@@ -21,8 +21,12 @@ other services wait on ``--crowd`` children (rows of ``service_dependency``, as 
 with and without the plugin's index on ``service_dependency.record_id`` (the anchor: dropped for that case, as
 QCFractal leaves it).
 
+A huge record (``--huge 40 4``: (H2O)40 MBE(4), 102,090 children): started and stepped ``--huge-iterations`` times by
+hand with the server's per-iteration limit; seconds of the start and of each step, peak RSS after each. Not run
+by default (the start alone plans 102,090 calculations); then it is cancelled and deleted.
+
     PYTHONPATH=. python benchmarks/bench_plugin_steps.py [--waters 30 60] [--repeat 2] [--iteration-waters 20 32] \
-        [--delete-waters 32] [--crowd 50000]
+        [--delete-waters 32] [--crowd 50000] [--huge 40 4 --huge-iterations 3]
 """
 
 import argparse
@@ -195,6 +199,8 @@ def crowd_dependencies(client, socket: SQLAlchemySocket, crowd: int) -> None:
 def deletion_rows(client, qcf_config, sizes: list[int], crowd: int) -> list[tuple]:
     """Per record size: seconds to cancel the running record, then to delete it with its children, without and with
     the index."""
+    if not sizes:
+        return []
     socket = SQLAlchemySocket(qcf_config)
     crowd_dependencies(client, socket, crowd)
     rows = []
@@ -216,6 +222,26 @@ def deletion_rows(client, qcf_config, sizes: list[int], crowd: int) -> list[tupl
     return rows
 
 
+def huge_rows(client, qcf_config, waters: int, nbody: int, iterations: int) -> list[tuple]:
+    """Start a huge record and step it a few times by hand; then cancel and delete it."""
+    socket = SQLAlchemySocket(qcf_config)
+    spec = simple_specification(program="xtb", method="gfn2-xtb", max_nbody=nbody, mode="eager")
+    mol = portal_molecule(water_cluster(waters, shift=500.0))
+    _, (rid,) = add_qcmb_manybodys(client, mol, spec, compute_tag=TAG)
+    service_id, init_s = start_by_hand(socket, rid)
+    rows = [("start (plan, cluster rows)", 0, f"{init_s:.2f}", f"{peak_rss_mb():.0f}")]
+    for step in range(1, iterations + 1):
+        seconds = iterate_by_hand(socket, service_id)
+        rows.append((f"iteration {step}", len(created_children(socket, rid)), f"{seconds:.2f}", f"{peak_rss_mb():.0f}"))
+    start = time.monotonic()
+    client.cancel_records([rid])
+    rows.append(("cancel", len(created_children(socket, rid)), f"{time.monotonic() - start:.2f}", ""))
+    start = time.monotonic()
+    client.delete_records([rid], soft_delete=False, delete_children=True)
+    rows.append(("delete with children", 0, f"{time.monotonic() - start:.2f}", f"{peak_rss_mb():.0f}"))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--waters", type=int, nargs="*", default=[30, 60], help="cluster sizes (MBE(2) of each)")
@@ -226,6 +252,8 @@ def main() -> None:
     parser.add_argument("--per-iteration", type=int, help="max_children_per_iteration (default: the server's)")
     parser.add_argument("--delete-waters", type=int, nargs="*", default=[32], help="cluster sizes of the deletions")
     parser.add_argument("--crowd", type=int, default=50_000, help="other services' dependencies during deletions")
+    parser.add_argument("--huge", type=int, nargs=2, metavar=("WATERS", "NBODY"), help="a huge record's size")
+    parser.add_argument("--huge-iterations", type=int, default=3, help="service iterations of the huge record")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     print(f"machine load (1, 5, 15 min) at start: {os.getloadavg()}")
@@ -239,6 +267,7 @@ def main() -> None:
     with fractal_snowflake("qcmb_bench_steps", plugin=True, **idle) as (snowflake, client):
         iterations = iteration_rows(client, snowflake._qcf_config, args.iteration_waters)
         deletions = deletion_rows(client, snowflake._qcf_config, args.delete_waters, args.crowd)
+        huge = huge_rows(client, snowflake._qcf_config, *args.huge, args.huge_iterations) if args.huge else []
     # The first step creates every child: nobody computes them, so a later iteration would never come.
     one_step = {"qcmb_fractal": {**limit, "max_children_per_iteration": 200_000}}
     with fractal_snowflake("qcmb_bench_steps", plugin=True, compute_workers=0, extra_config=one_step) as (_, client):
@@ -268,6 +297,9 @@ def main() -> None:
     print("\nCancelling a running record, then deleting it with its uncomputed children (seconds)\n")
     headers = ["waters", "children", "other dependencies", "database", "cancel s", "delete s", "delete ratio to anchor"]
     print(tabulate.tabulate(deletions, headers=headers))
+    if huge:
+        print(f"\nA huge record, (H2O){args.huge[0]} MBE({args.huge[1]}), stepped by hand\n")
+        print(tabulate.tabulate(huge, headers=["phase", "children created", "s", "peak RSS MB"]))
     print(f"\nmachine load (1, 5, 15 min): {os.getloadavg()}")
 
 
