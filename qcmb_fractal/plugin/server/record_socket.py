@@ -46,7 +46,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, joinedload, selectinload, undefer
 
 import qcmb_fractal
-from qcmb_fractal.drive import ManyBodyDriver, driver_from_state, make_driver
+from qcmb_fractal.drive import LevelProgress, ManyBodyDriver, driver_from_state, make_driver
 from qcmb_fractal.drive.state import ComponentProperties, DriverState, TaskStatus
 from qcmb_fractal.errors import InputError
 from qcmb_fractal.plan import FragmentTask, Plan, make_plan
@@ -179,7 +179,7 @@ def record_plan(record_id: int, state: DriverState, raw_input: dict[str, Any]) -
 
     Screened plans grow as the driver decides levels, so they are rebuilt (and replayed) every time instead.
     """
-    fingerprint = hashlib.sha256(json.dumps(raw_input, sort_keys=True, default=str).encode()).hexdigest()
+    fingerprint = input_fingerprint(raw_input)
     cached = _plans.get(record_id)
     if cached is not None and cached[0] == fingerprint:
         _plans.move_to_end(record_id)
@@ -188,6 +188,10 @@ def record_plan(record_id: int, state: DriverState, raw_input: dict[str, Any]) -
     if not isinstance(driver.plan, ScreenedPlan):
         remember_plan(record_id, fingerprint, driver.plan)
     return driver
+
+
+def input_fingerprint(raw_input: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(raw_input, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def remember_plan(record_id: int, fingerprint: str, plan: Plan) -> None:
@@ -268,6 +272,8 @@ class QCMBManyBodyRecordSocket(BaseRecordSocket):
         for chunk in chunk_iterable(rows, READ_CHUNK):
             session.execute(insert(QCMBClusterORM), chunk)
         self._save(service_orm, driver)
+        if not isinstance(plan, ScreenedPlan):  # the first iteration follows at once, most likely in this process
+            remember_plan(rec.id, input_fingerprint(service_orm.service_state["driver"]["input"]), plan)
 
         output = f"\n\nqcmb-fractal {qcmb_fractal.__version__} many-body service ({spec.mode} mode, "
         output += f"up to {spec.max_attempts} attempts per fragment calculation)\n\n{plan.summary()}\n"
@@ -313,8 +319,9 @@ class QCMBManyBodyRecordSocket(BaseRecordSocket):
         self._check_running(session, rec, final=True)
         self._set_dependencies(service_orm, self._waits_for(pending, submitted, len(batch)))
         self._save(service_orm, driver)
-        text = self._progress_text(driver, len(batch), retried)
-        if len(batch) == self.max_children_per_iteration and any(p.waiting for p in driver.progress()):
+        progress = driver.progress()  # a pass over every calculation: once per step
+        text = self._progress_text(progress, len(batch), retried)
+        if len(batch) == self.max_children_per_iteration and any(p.waiting for p in progress):
             text += f"(at most {len(batch)} new children per service iteration: the rest follow in later ones)\n"
         text += self._manager_note(session, service_orm, driver.plan, submitted)
         append_output(session, rec, OutputTypeEnum.stdout, text)
@@ -521,8 +528,8 @@ class QCMBManyBodyRecordSocket(BaseRecordSocket):
         ]
 
     @staticmethod
-    def _progress_text(driver: ManyBodyDriver, submitted: int, retried: list[str]) -> str:
-        rows = [(p.level, p.total, p.complete, p.running, p.waiting, p.error) for p in driver.progress()]
+    def _progress_text(progress: list[LevelProgress], submitted: int, retried: list[str]) -> str:
+        rows = [(p.level, p.total, p.complete, p.running, p.waiting, p.error) for p in progress]
         text = f"\n[{now_at_utc():%Y-%m-%d %H:%M:%S}] submitted {submitted} fragment calculation(s)"
         if retried:
             text += f"; retrying {len(retried)} failed: {', '.join(sorted(retried))}"
