@@ -29,6 +29,7 @@ from qcfractalcompute.config import ExecutorConfig
 from qcfractalcompute.run_scripts import get_script_path
 from qcportal.compression import CompressionEnum, decompress
 
+from qcmb_fractal.execute.pool import machine_globals
 from qcmb_fractal.execute.worker import limit_threads
 
 logger = logging.getLogger(__name__)
@@ -55,15 +56,18 @@ def task_config(config: ExecutorConfig) -> dict[str, Any]:
     }
 
 
-def init_worker(config: ExecutorConfig, name: str) -> None:
-    """Once per worker: thread limits, the working directory QCFractal's subprocess gets, QCEngine warmed up."""
+def init_worker(config: ExecutorConfig, name: str, machine: dict[str, Any] | None = None) -> None:
+    """Once per worker: thread limits, the working directory QCFractal's subprocess gets, QCEngine warmed up
+    with the machine values the manager read once (``machine_globals``), so no worker runs the CPU probe."""
     limit_threads(config.cores_per_worker)
     multiprocessing.current_process().name = f"{name}-worker-{os.getpid()}"
     if config.scratch_directory:
         os.chdir(os.path.expandvars(config.scratch_directory))
     import qcengine
 
-    qcengine.get_config(task_config=task_config(config))  # QCEngine's CPU probe, once per worker
+    if machine is not None:
+        qcengine.config._global_values = dict(machine)  # QCEngine's per-process cache of get_global()
+    qcengine.get_config(task_config=task_config(config))
 
 
 def run_qcengine(function_kwargs_compressed: bytes, config: ExecutorConfig) -> AppTaskResult:
@@ -115,6 +119,7 @@ class WarmPool:
         self.config, self.max_workers, self.name, self.on_done = config, max_workers, name, on_done
         self._lock = threading.Lock()
         self._closed = False
+        self._machine = machine_globals()
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
@@ -122,7 +127,7 @@ class WarmPool:
             max_workers=self.max_workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=init_worker,
-            initargs=(self.config, self.name),
+            initargs=(self.config, self.name, self._machine),
         )
 
     def warm_up(self) -> list[Future]:

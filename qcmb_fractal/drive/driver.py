@@ -210,9 +210,13 @@ class ManyBodyDriver:
         if self.record(key).status is TaskStatus.running:
             self._set(key, status=TaskStatus.waiting)
 
+    def running(self) -> list[str]:
+        """The keys of the tasks handed out and not yet back."""
+        return [k for k, rec in self.state.tasks.items() if rec.status is TaskStatus.running]
+
     def release_running(self) -> int:
         """Give back every handed-out task (the run stops); returns how many there were."""
-        running = [k for k, rec in self.state.tasks.items() if rec.status is TaskStatus.running]
+        running = self.running()
         for key in running:
             self._set(key, status=TaskStatus.waiting)
         return len(running)

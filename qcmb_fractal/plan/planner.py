@@ -90,7 +90,11 @@ class FragmentBuilder:
 
     def __init__(self, inp: ManyBodyInput) -> None:
         self.input = inp
-        self.molecule: Molecule = inp.molecule
+        # QCElemental recomputes masses (and real) on every access unless they were given; get_fragment reads them
+        # once per atom, which made building fragments half of a service iteration's time. Same values either way.
+        self.molecule: Molecule = inp.molecule.model_copy(
+            update={"masses_": inp.molecule.masses, "real_": inp.molecule.real}
+        )
         self.driver = inp.specification.driver
         self.specifications: dict[str, dict[str, Any]] = {}
         for name, spec in inp.specification.specification.items():

@@ -10,7 +10,7 @@ DATASET_TYPE = "qcmb_manybody"
 PROGRAM = "qcmb-fractal"
 
 # Bumped whenever the plugin's tables, views or trigger change; stored in the database by init-db/upgrade-db.
-SCHEMA_VERSION = 2  # 2: the qcmb_manybody dataset tables
+SCHEMA_VERSION = 2  # 2: the qcmb_manybody dataset tables; index on service_dependency.record_id
 
 # QCFractal has no plugin API: the hooks reach into internals that were checked on these releases only.
 TESTED_QCFRACTAL = ("0.71",)

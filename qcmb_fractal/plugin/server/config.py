@@ -12,9 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 CONFIG_SECTION = "qcmb_fractal"
 
-# A service iteration creates a record's children in one transaction; at ~90 children per second (measured on
-# the 102,090-child record of issue 8) this default keeps that under about two minutes.
+# What one record may cost the server: its plan and service state (~4 KB per child in the job runner), its rows, and
+# a deletion that takes all its children along; 10,000 children is an (H2O)40 MBE(3) or a 100-water MBE(2).
 DEFAULT_MAX_CHILDREN = 10_000
+# Children one service iteration creates at most: at 120-320 children per second (measured on a loaded 2-core
+# machine, benchmarks/bench_plugin_steps.py) an iteration takes seconds whatever the record's size. A record hands
+# out at most this many children per service_frequency, so fast programs on many workers may want more.
+DEFAULT_MAX_CHILDREN_PER_ITERATION = 1_000
 
 
 class QCMBServerConfig(BaseModel):
@@ -26,6 +30,11 @@ class QCMBServerConfig(BaseModel):
     """Most fragment calculations (singlepoint children) one qcmb_manybody record may need. Larger records are
     refused at submission, and records waiting to start are refused when they start. Counted from binomials,
     before anything is enumerated. At most the planner's own limit (200,000)."""
+
+    max_children_per_iteration: int = Field(DEFAULT_MAX_CHILDREN_PER_ITERATION, ge=1)
+    """Most children one service iteration of a record creates. A bigger record gets the rest in later iterations,
+    each started as soon as the previous batch's children are done, while the newest batch keeps the managers busy
+    (``QCF_QCMB_FRACTAL__MAX_CHILDREN_PER_ITERATION``)."""
 
     @field_validator("max_children_per_record", mode="after")
     @classmethod

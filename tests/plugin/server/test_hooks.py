@@ -10,7 +10,7 @@ from sqlalchemy.pool import NullPool
 
 from qcmb_fractal.plan.planner import MAX_TASKS
 from qcmb_fractal.plugin.server import hooks
-from qcmb_fractal.plugin.server.config import DEFAULT_MAX_CHILDREN, plugin_config
+from qcmb_fractal.plugin.server.config import DEFAULT_MAX_CHILDREN, DEFAULT_MAX_CHILDREN_PER_ITERATION, plugin_config
 from qcmb_fractal.plugin.server.install import install_schema, schema_problems
 from qcmb_fractal.plugin.server.record_db_models import QCMBManyBodyRecordORM
 from qcmb_fractal.testing.fractal import drop_database, plain_database
@@ -48,6 +48,7 @@ def test_plain_database_is_refused_until_the_schema_is_installed_and_the_guard_r
         assert "view record_children_view does not include qcmb_manybody_cluster" in message
         assert "table qcmb_manybody_dataset_record is missing" in message
         assert "view dataset_direct_records_view does not include qcmb_manybody_dataset_record" in message
+        assert "index ix_qcmb_service_dependency_record_id (on service_dependency.record_id) is missing" in message
         assert "qcfractal-server upgrade-db" in message
 
         install_schema(cfg)
@@ -82,11 +83,15 @@ def test_server_configuration_carries_the_limit(monkeypatch, tmp_path):
     assert plugin_config(FractalConfig(**required)).max_children_per_record == DEFAULT_MAX_CHILDREN
     set_in_file = FractalConfig(**required, qcmb_fractal={"max_children_per_record": 500})
     assert plugin_config(set_in_file).max_children_per_record == 500
-    assert set_in_file.model_dump()["qcmb_fractal"] == {"max_children_per_record": 500}  # `info` shows it
+    shown = {"max_children_per_record": 500, "max_children_per_iteration": DEFAULT_MAX_CHILDREN_PER_ITERATION}
+    assert set_in_file.model_dump()["qcmb_fractal"] == shown  # `info` shows it
 
     monkeypatch.setenv("QCF_QCMB_FRACTAL__MAX_CHILDREN_PER_RECORD", "700")
     assert plugin_config(FractalConfig(**required)).max_children_per_record == 700
     monkeypatch.delenv("QCF_QCMB_FRACTAL__MAX_CHILDREN_PER_RECORD")
+    monkeypatch.setenv("QCF_QCMB_FRACTAL__MAX_CHILDREN_PER_ITERATION", "300")
+    assert plugin_config(FractalConfig(**required)).max_children_per_iteration == 300
+    monkeypatch.delenv("QCF_QCMB_FRACTAL__MAX_CHILDREN_PER_ITERATION")
 
     with pytest.raises(ValidationError, match="max_children_per_recrod"):
         FractalConfig(**required, qcmb_fractal={"max_children_per_recrod": 5})  # extra keys stay forbidden
