@@ -36,10 +36,17 @@ def run(monkeypatch, capsys, *argv: str) -> tuple[int, str, str]:
 
 @pytest.fixture
 def server_yaml(fractal, tmp_path) -> Path:
-    """A server configuration on the package snowflake's database, as an operator would write it."""
-    db = fractal[0]._qcf_config.database
+    """A server configuration on the package snowflake's database, as an operator would write it.
+
+    It keeps the snowflake's service_frequency: QCFractal's commands open the database with their own
+    configuration and re-register the service loop's job with its period (60 s by default), which would
+    slow every later test of the package.
+    """
+    qcf_config = fractal[0]._qcf_config
+    db = qcf_config.database
     config = {
         "base_folder": str(tmp_path),
+        "service_frequency": qcf_config.service_frequency,
         "database": {k: getattr(db, k) for k in ("host", "port", "username", "password", "database_name", "own")},
         "api": {"secret_key": secrets.token_urlsafe(16), "jwt_secret_key": secrets.token_urlsafe(16)},
     }
