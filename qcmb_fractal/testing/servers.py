@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import requests
 import yaml
 from qcportal import PortalClient
 
-from qcmb_fractal.testing.fractal import PG_HOST, PG_PASSWORD, PG_PORT, PG_ROLE, checkout_db_name
+from qcmb_fractal.testing.fractal import PG_HOST, PG_PASSWORD, PG_PORT, PG_ROLE, checkout_db_name, drop_database
 
 ADMIN, ADMIN_PASSWORD = "qcmb_srvfault_admin", "admin-password-123"
 SUBMITTER, SUBMITTER_PASSWORD = "qcmb_srvfault_submitter", "submitter-password-123"
@@ -260,6 +260,20 @@ class Manager:
     def log(self) -> str:
         path = self.root / self.name / "manager.log"
         return path.read_text()[-3000:] if path.exists() else ""
+
+
+@contextlib.contextmanager
+def running(server: Server) -> Iterator[Server]:
+    """``server`` configured (users included) and started; killed and its database dropped afterwards."""
+    server.write_config()
+    server.add_users()
+    try:
+        server.start()
+        yield server
+    finally:
+        if server.proc is not None:
+            server.kill()
+        drop_database(server.database)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str, diagnostics: Callable[[], str]) -> None:

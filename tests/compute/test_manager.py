@@ -13,11 +13,18 @@ from qcportal.record_models import RecordStatusEnum
 
 from qcmb_fractal.plugin.client import add_qcmb_manybodys, simple_specification
 from qcmb_fractal.plugin.server.record_socket import validated_input
-from qcmb_fractal.testing.fractal import drop_database, fresh_database, portal_molecule, wait_for_record
+from qcmb_fractal.testing.fractal import fresh_database, portal_molecule, wait_for_record
 from qcmb_fractal.testing.local_faults import install_fault_nwchem, tagged_processes
 from qcmb_fractal.testing.molecules import water_cluster
 from qcmb_fractal.testing.programs import needs_nwchem, needs_xtb
-from qcmb_fractal.testing.servers import QCMB_MANAGER, Manager, Server, assert_no_temporary_files, wait_until
+from qcmb_fractal.testing.servers import (
+    QCMB_MANAGER,
+    Manager,
+    Server,
+    assert_no_temporary_files,
+    running,
+    wait_until,
+)
 
 pytestmark = [needs_xtb, pytest.mark.slow]
 DB_NAME = "qcmb_compute_manager"
@@ -36,15 +43,8 @@ def server(tmp_path_factory):
         command=(sys.executable, "-m", "qcmb_fractal.plugin.server"),
         service_frequency=SERVICE_FREQUENCY,
     )
-    srv.write_config()
-    srv.add_users()
-    try:
-        srv.start()
+    with running(srv):
         yield srv
-    finally:
-        if srv.proc is not None:
-            srv.kill()
-        drop_database(DB_NAME)
 
 
 @pytest.fixture

@@ -5,9 +5,6 @@ leaves the others' results. Real GFN2-xTB (and GFN1-xTB screening) through the w
 
 import csv
 import io
-import logging
-import multiprocessing
-from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -27,7 +24,7 @@ from qcmb_fractal.testing.molecules import water_cluster, water_trimer
 from qcmb_fractal.testing.programs import needs_xtb
 from qcmb_fractal.testing.reference import XTB_GFN2, assert_same_result, mbe_input
 
-pytestmark = needs_xtb
+pytestmark = [needs_xtb, pytest.mark.usefixtures("isolated_worker")]
 
 
 class InlineBackend(Backend):
@@ -74,19 +71,6 @@ class InlineBackend(Backend):
         return fut
 
 
-@pytest.fixture(autouse=True)
-def _isolated_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """init_worker sets thread variables and the process name; keep them from leaking into other tests."""
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMPI_MCA_pml"):
-        monkeypatch.setenv(var, "1" if var != "OMPI_MCA_pml" else "ob1")
-    name = multiprocessing.current_process().name
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    multiprocessing.current_process().name = name
-    root.handlers[:], root.level = handlers, level
-    worker_module._BUILDER = worker_module._CONFIG = None
-    worker_module._SOURCES.clear()
 
 
 def _plans() -> dict[str, Plan]:

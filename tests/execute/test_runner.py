@@ -5,10 +5,7 @@ through the same worker code the local pool uses, ~10 ms per water dimer) unless
 attempt fail, so every recovery path is exercised against real numbers.
 """
 
-import logging
-import multiprocessing
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -18,14 +15,13 @@ from pebble import ProcessExpired
 from qcmb_fractal.drive.state import ComponentProperties, FailureKind
 from qcmb_fractal.errors import RunFailed
 from qcmb_fractal.execute import Backend, Checkpoint, Runner, TaskOutcome
-from qcmb_fractal.execute import worker as worker_module
 from qcmb_fractal.execute.worker import WorkerConfig, init_worker, run_fragment
 from qcmb_fractal.plan import FragmentTask, Plan
 from qcmb_fractal.testing.molecules import water_cluster
 from qcmb_fractal.testing.programs import needs_xtb
 from qcmb_fractal.testing.reference import XTB_GFN2, assert_same_result, mbe_input
 
-pytestmark = needs_xtb
+pytestmark = [needs_xtb, pytest.mark.usefixtures("isolated_worker")]
 
 
 class FaultInjectingInlineBackend(Backend):
@@ -68,18 +64,6 @@ class FaultInjectingInlineBackend(Backend):
         self.shutdowns += 1
 
 
-@pytest.fixture(autouse=True)
-def _isolated_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """init_worker sets thread variables and the process name; keep them from leaking into other tests."""
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMPI_MCA_pml"):
-        monkeypatch.setenv(var, "1" if var != "OMPI_MCA_pml" else "ob1")
-    name = multiprocessing.current_process().name
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    multiprocessing.current_process().name = name
-    root.handlers[:], root.level = handlers, level
-    worker_module._BUILDER = worker_module._CONFIG = None
 
 
 @pytest.fixture(scope="module")

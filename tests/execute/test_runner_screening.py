@@ -3,10 +3,7 @@ decisions and recomputing nothing committed; with nothing screened, the local ba
 QCManyBody's own. Real GFN2-xTB targets and GFN1-xTB screening throughout.
 """
 
-import logging
-import multiprocessing
 import sqlite3
-from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -14,7 +11,6 @@ import pytest
 from qcmanybody.models.v2 import ManyBodyResult
 
 from qcmb_fractal.execute import Backend, Checkpoint, Runner
-from qcmb_fractal.execute import worker as worker_module
 from qcmb_fractal.execute.backends.local import LocalBackend
 from qcmb_fractal.execute.worker import WorkerConfig, init_worker, run_fragment
 from qcmb_fractal.plan import FragmentTask, Plan, ScreenedPlan, ScreeningSettings, make_plan, with_screening
@@ -23,7 +19,7 @@ from qcmb_fractal.testing.molecules import water_cluster
 from qcmb_fractal.testing.programs import needs_xtb
 from qcmb_fractal.testing.reference import XTB_GFN2, assert_same_result, mbe_input, serial_reference
 
-pytestmark = needs_xtb
+pytestmark = [needs_xtb, pytest.mark.usefixtures("isolated_worker")]
 
 
 def screened(threshold: float, driver: str = "energy", n: int = 5):
@@ -56,18 +52,6 @@ class InlineBackend(Backend):
         return fut
 
 
-@pytest.fixture(autouse=True)
-def _isolated_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """init_worker sets thread variables, the process name and logging; keep them from leaking."""
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMPI_MCA_pml"):
-        monkeypatch.setenv(var, "1" if var != "OMPI_MCA_pml" else "ob1")
-    name = multiprocessing.current_process().name
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    multiprocessing.current_process().name = name
-    root.handlers[:], root.level = handlers, level
-    worker_module._BUILDER = worker_module._CONFIG = None
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,6 @@ from qcmb_fractal.testing.fractal import (
     PG_PORT,
     PG_ROLE,
     PG_SUPERUSER,
-    drop_database,
     fresh_database,
 )
 from qcmb_fractal.testing.molecules import water_cluster
@@ -43,6 +42,7 @@ from qcmb_fractal.testing.servers import (
     Manager,
     Server,
     assert_no_temporary_files,
+    running,
     wait_until,
 )
 
@@ -56,16 +56,8 @@ DATABASE = "qcmb_srvfault_qcportal"
 def server(tmp_path_factory) -> Iterator[Server]:
     """One secured server for the module; the tests differ in specification, so none reuses another's records."""
     fresh_database(DATABASE, plugin=False)
-    srv = Server(tmp_path_factory.mktemp("srvfault") / "server", DATABASE)
-    srv.write_config()
-    srv.add_users()
-    try:
-        srv.start()
+    with running(Server(tmp_path_factory.mktemp("srvfault") / "server", DATABASE)) as srv:
         yield srv
-    finally:
-        if srv.proc is not None:
-            srv.kill()
-        drop_database(DATABASE)
 
 
 @pytest.fixture
