@@ -157,26 +157,34 @@ def fractal_snowflake(
     if manager == "qcmb":
         snowflake._compute_enabled = False  # the snowflake's own manager stays off; ours runs below
     snowflake.start()
-    ours = _start_warm_manager(snowflake) if manager == "qcmb" and compute_workers > 0 else None
     try:
-        yield snowflake, snowflake.client()
+        if manager == "qcmb" and compute_workers > 0:
+            with warm_manager(snowflake):
+                yield snowflake, snowflake.client()
+        else:
+            yield snowflake, snowflake.client()
     finally:
-        if ours is not None:
-            ours[0].stop()
-            ours[1].join(timeout=60)
         snowflake.stop()
         if not keep_database:
             drop_database(db_name)
 
 
-def _start_warm_manager(snowflake: FractalSnowflake) -> tuple[Any, threading.Thread]:
-    """qcmb-fractal-compute's manager on the snowflake's own manager configuration, running in a thread."""
+@contextlib.contextmanager
+def warm_manager(snowflake: FractalSnowflake) -> Iterator[Any]:
+    """qcmb-fractal-compute's manager on a started snowflake's own manager configuration, in a thread.
+
+    For a snowflake made with ``_compute_enabled = False``; the manager stops (and deactivates) on exit.
+    """
     from qcmb_fractal.compute import WarmComputeManager
 
     manager = WarmComputeManager(snowflake._compute_config)
     thread = threading.Thread(target=manager.start, name="qcmb-fractal-compute", daemon=True)
     thread.start()
-    return manager, thread
+    try:
+        yield manager
+    finally:
+        manager.stop()
+        thread.join(timeout=60)
 
 
 def portal_molecule(molecule: Any) -> PortalMolecule:

@@ -1,6 +1,7 @@
 """The QCPortal backend against a real QCFractal server and compute manager running xtb (and NWChem).
 
-Every child calculation costs the manager ~2-3 s, so the clusters are water dimers and trimers.
+The server computes with qcmb-fractal-compute (the fault tests run QCFractal's own manager); the clusters are water
+dimers and trimers.
 One server serves the whole module; each test uses its own geometry or specification, because the
 server deduplicates identical singlepoints across tests just as it does across reruns.
 """
@@ -60,7 +61,7 @@ def server():
     from qcportal import PortalClient
     from qcportal.auth import UserInfo
 
-    from qcmb_fractal.testing.fractal import drop_database, fresh_database
+    from qcmb_fractal.testing.fractal import drop_database, fresh_database, warm_manager
 
     name = "qcmb_qcportal_test"
     snowflake = FractalSnowflake(
@@ -81,12 +82,13 @@ def server():
     snowflake._compute_config.server.username = "qcmb_manager"
     snowflake._compute_config.server.password = "manager-password-123"
     snowflake._compute_config.update_frequency = 1
+    snowflake._compute_enabled = False  # qcmb-fractal-compute computes here; the fault tests use QCFractal's manager
     snowflake.start()
     try:
-        uri = snowflake.get_uri()
-        yield uri, PortalClient(uri, "qcmb_admin", "admin-password-123", show_motd=False), token
+        with warm_manager(snowflake):  # stopped before the API, so the manager can say goodbye
+            uri = snowflake.get_uri()
+            yield uri, PortalClient(uri, "qcmb_admin", "admin-password-123", show_motd=False), token
     finally:
-        snowflake._stop_compute()  # before the API, so the manager can say goodbye
         snowflake.stop()
         drop_database(name)
 
