@@ -192,7 +192,7 @@ def install_hooks() -> None:
     from qcfractal.components.dataset_socket import DatasetSocket
     from qcfractal.components.record_socket import RecordSocket
 
-    if getattr(RecordSocket.__init__, "_qcmb_hook", False):
+    if _hooked(RecordSocket.__init__):
         return
     problem = version_problem()
     if problem:
@@ -257,14 +257,10 @@ def install_hooks() -> None:
             logger.exception("record %s: queueing its qcmb_manybody service's next step raised", record_id)
         return out
 
-    __init__._qcmb_hook = True
-    update_failed_service._qcmb_hook = True
-    update_completed._qcmb_hook = True
-    dataset_init._qcmb_hook = True
-    RecordSocket.__init__ = __init__
-    RecordSocket.update_failed_service = update_failed_service
-    RecordSocket.update_completed = update_completed
-    DatasetSocket.__init__ = dataset_init
+    RecordSocket.__init__ = _mark(__init__)
+    RecordSocket.update_failed_service = _mark(update_failed_service)
+    RecordSocket.update_completed = _mark(update_completed)
+    DatasetSocket.__init__ = _mark(dataset_init)
     logger.info("qcmb_manybody record and dataset types hooked into QCFractal %s", qcfractal.__version__)
 
 
@@ -323,13 +319,13 @@ def hook_problems() -> list[str]:
     for name in ("__init__", "_check_db_revision", "create_database_tables", "upgrade_database"):
         if not _hooked(getattr(SQLAlchemySocket, name)):
             problems.append(f"SQLAlchemySocket.{name} is not hooked")
-    if not getattr(RecordSocket.__init__, "_qcmb_hook", False):
+    if not _hooked(RecordSocket.__init__):
         problems.append("RecordSocket.__init__ is not hooked (install_hooks() was not called in this process)")
-    if not getattr(RecordSocket.update_failed_service, "_qcmb_hook", False):
+    if not _hooked(RecordSocket.update_failed_service):
         problems.append("RecordSocket.update_failed_service is not hooked")
-    if not getattr(RecordSocket.update_completed, "_qcmb_hook", False):
+    if not _hooked(RecordSocket.update_completed):
         problems.append("RecordSocket.update_completed is not hooked")
-    if not getattr(DatasetSocket.__init__, "_qcmb_hook", False):
+    if not _hooked(DatasetSocket.__init__):
         problems.append("DatasetSocket.__init__ is not hooked (install_hooks() was not called in this process)")
     for routes in ("record_routes", "dataset_routes"):
         if f"qcmb_fractal.plugin.server.{routes}" not in sys.modules:
