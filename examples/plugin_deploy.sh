@@ -13,6 +13,7 @@ PGUSER=${PGUSER:-qcmb_test}
 PGPASSWORD=${PGPASSWORD:-qcmb_test}
 DB_NAME=${DB_NAME:-qcmb_fractal_example}
 cd "$WORK"
+# token_urlsafe may start with "-": the options below take it as --password=VALUE so argparse reads it as a value.
 password() { python3 -c 'import secrets; print(secrets.token_urlsafe(16))'; }
 ADMIN_PASSWORD=$(password) ALICE_PASSWORD=$(password) NODE_PASSWORD=$(password)
 
@@ -34,9 +35,9 @@ PY
 
 # 2. Create the database (QCFractal's tables and the plugin's), and the users: one per role.
 qcmb-fractal-server init-db --config server.yaml
-qcmb-fractal-server user add admin --role admin --password "$ADMIN_PASSWORD" --config server.yaml
-qcmb-fractal-server user add alice --role submit --password "$ALICE_PASSWORD" --config server.yaml
-qcmb-fractal-server user add node1 --role compute --password "$NODE_PASSWORD" --config server.yaml
+qcmb-fractal-server user add admin --role admin --password="$ADMIN_PASSWORD" --config server.yaml
+qcmb-fractal-server user add alice --role submit --password="$ALICE_PASSWORD" --config server.yaml
+qcmb-fractal-server user add node1 --role compute --password="$NODE_PASSWORD" --config server.yaml
 qcmb-fractal-server check --config server.yaml
 
 # 3. Start the server, and wait until it answers.
