@@ -167,9 +167,11 @@ def connection_from_options(
 
 def _is_transient(exc: BaseException) -> bool:
     """Worth retrying later: the server is down or overloaded, not refusing what we sent."""
+    import requests
     from qcportal.client_base import AllowedConnectionExceptions
 
-    if isinstance(exc, AllowedConnectionExceptions):
+    # A server killed mid-response breaks the body (ChunkedEncodingError): PortalClient does not retry that
+    if isinstance(exc, (*AllowedConnectionExceptions, requests.exceptions.ChunkedEncodingError)):
         return True
     status = getattr(exc, "status_code", None)
     return isinstance(status, int) and status >= 500
