@@ -7,7 +7,6 @@ import argparse
 import json
 import logging
 import multiprocessing
-import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -177,13 +176,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from qcmb_fractal.cli_campaign import is_campaign, run_campaign
     from qcmb_fractal.execute import Checkpoint, Runner, backend_class
+    from qcmb_fractal.execute.interrupts import deferred_interrupts
     from qcmb_fractal.plan import make_plan
 
     if is_campaign(args):
@@ -201,9 +197,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     checkpoint = Checkpoint(checkpoint_path) if checkpoint_path is not None else None
     logger.info("%d fragment calculations planned", len(plan.tasks))
     # a batch system's SIGTERM (time limit, scancel) stops the run like Ctrl-C: workers ended, scratch gone
-    previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        with backend:
+        with deferred_interrupts(), backend:
             result = Runner(
                 plan,
                 backend,
@@ -217,7 +212,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"\ninterrupted{saved}. Run the same command again to continue.", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
         if checkpoint is not None:
             checkpoint.close()
     write_output(output, result.model_dump_json(indent=1), checkpoint=checkpoint_path)

@@ -6,16 +6,16 @@ a summary CSV of every input's energies. A bad input costs one line on stderr; t
 """
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 
 from qcmanybody.models.v2 import ManyBodyResult
 
-from qcmb_fractal.cli import EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED, _interrupt, load_screened_input
+from qcmb_fractal.cli import EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED, load_screened_input
 from qcmb_fractal.errors import InputError, RunFailed
 from qcmb_fractal.execute import Checkpoint, backend_class
 from qcmb_fractal.execute.campaign import Campaign, Member, MemberOutcome, summary_csv
+from qcmb_fractal.execute.interrupts import deferred_interrupts
 from qcmb_fractal.outputs import check_output_paths, write_output
 from qcmb_fractal.plan import make_plan
 from qcmb_fractal.plan.inputs import installed_programs
@@ -122,10 +122,9 @@ def run_campaign(args: argparse.Namespace) -> int:
             f"checkpoint) -> {member.output}"
         )
 
-    previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
     try:
         if members:
-            with backend:
+            with deferred_interrupts(), backend:
                 Campaign(
                     members,
                     backend,
@@ -139,7 +138,6 @@ def run_campaign(args: argparse.Namespace) -> int:
         print(f"\ninterrupted{saved}. Run the same command again to continue.", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
         for member in members:
             if member.checkpoint is not None:
                 member.checkpoint.close()

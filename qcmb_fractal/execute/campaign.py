@@ -26,6 +26,7 @@ from tqdm import tqdm
 from qcmb_fractal.errors import RunFailed
 from qcmb_fractal.execute.base import Backend, TaskOutcome
 from qcmb_fractal.execute.checkpoint import Checkpoint
+from qcmb_fractal.execute.interrupts import raise_if_asked, wait_timeout
 from qcmb_fractal.execute.runner import Runner
 from qcmb_fractal.execute.worker import SourcedTask
 from qcmb_fractal.plan import FragmentTask, Plan
@@ -254,7 +255,8 @@ class Campaign:
                 self._submit(self._take(room) if room != 0 else [])
                 if not self._pending:
                     break
-                done, _ = wait(self._pending, timeout=self._commit_due(), return_when=FIRST_COMPLETED)
+                done, _ = wait(self._pending, timeout=wait_timeout(self._commit_due()), return_when=FIRST_COMPLETED)
+                raise_if_asked()
                 for runner in self.runners.values():
                     if runner.checkpoint is not None:
                         runner.checkpoint.commit_if_due()

@@ -11,11 +11,13 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from multiprocessing import forkserver
 from multiprocessing.context import BaseContext
 from pathlib import Path
@@ -136,7 +138,8 @@ def forkserver_context(ncores: int) -> BaseContext:
     saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
     os.environ.update(dict.fromkeys(THREAD_VARIABLES, str(ncores)))
     try:
-        forkserver.ensure_running()
+        with _sigint_ignored_by_child():
+            forkserver.ensure_running()
     finally:
         for name, value in saved.items():
             if value is None:
@@ -144,6 +147,26 @@ def forkserver_context(ncores: int) -> BaseContext:
             else:
                 os.environ[name] = value
     return context
+
+
+@contextmanager
+def _sigint_ignored_by_child() -> Iterator[None]:
+    """A process started inside ignores SIGINT from its first instruction; this one loses none.
+
+    The fork server shares the driver's process group, so a terminal's Ctrl-C reaches it too, and while it
+    imports the preload it would die with a traceback on stderr. An ignored disposition survives exec; the
+    signal stays blocked here meanwhile, so a Ctrl-C in that moment is delivered to this process after.
+    """
+    if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _started() -> None:

@@ -14,6 +14,7 @@ from qcmb_fractal.drive import DriverState, make_driver
 from qcmb_fractal.errors import RunFailed
 from qcmb_fractal.execute.base import Backend, TaskOutcome
 from qcmb_fractal.execute.checkpoint import Checkpoint
+from qcmb_fractal.execute.interrupts import raise_if_asked, wait_timeout
 from qcmb_fractal.plan import FragmentTask, Plan
 
 logger = logging.getLogger(__name__)
@@ -70,9 +71,7 @@ class Runner:
                 if outcome.properties is None or (self._whole_results and outcome.result is None):
                     unusable.add(key)
                     continue
-                self.driver.record_result(
-                    key, outcome.properties, worker=outcome.worker, wall_time=outcome.wall_time
-                )
+                self.driver.record_result(key, outcome.properties, worker=outcome.worker, wall_time=outcome.wall_time)
                 stored[key] = outcome
         self.reused = len(stored)
         if stored:
@@ -144,7 +143,8 @@ class Runner:
                 if not pending:
                     break
                 due = self.checkpoint.due_in() if self.checkpoint is not None else None
-                done, _ = wait(pending, timeout=due, return_when=FIRST_COMPLETED)
+                done, _ = wait(pending, timeout=wait_timeout(due), return_when=FIRST_COMPLETED)
+                raise_if_asked()
                 if self.checkpoint is not None:
                     self.checkpoint.commit_if_due()
                 for fut in done:
@@ -172,9 +172,7 @@ class Runner:
                 bar.close()
         return self.finish(keep, time.perf_counter() - t0, time.process_time() - cpu0)
 
-    def finish(
-        self, keep: dict[str, TaskOutcome], wall: float, driver_cpu: float | None = None
-    ) -> ManyBodyResult:
+    def finish(self, keep: dict[str, TaskOutcome], wall: float, driver_cpu: float | None = None) -> ManyBodyResult:
         """The result once the driver is finished (a campaign calls this per input); RunFailed if tasks failed."""
         if self.driver.failed:
             failures = self.driver.failures()

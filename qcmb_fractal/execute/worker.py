@@ -64,6 +64,8 @@ def _builder(task: FragmentTask) -> FragmentBuilder:
     if task.source not in _SOURCES:
         _SOURCES[task.source] = FragmentBuilder(manybody_input(json.loads(_CONFIG.sources[task.source])))
     return _SOURCES[task.source]
+
+
 _WHOLE_RESULTS = False  # whether the driver wants AtomicResults back, or only the properties it analyses
 
 

@@ -16,4 +16,3 @@ def fault_hang(seconds: float) -> int:
     """Keep a worker busy, so tasks behind it stay unstarted."""
     time.sleep(seconds)
     return os.getpid()
-

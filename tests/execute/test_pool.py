@@ -1,5 +1,8 @@
 """The execution core's own duties: QCEngine's machine values without its probe, and the I/O thread's inbox."""
 
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -38,3 +41,23 @@ def test_inbox_hands_over_in_order_and_never_misses_a_wake_up() -> None:
     start = time.monotonic()
     inbox.wait(10)  # stop wakes the thread at once
     assert time.monotonic() - start < 5
+
+
+def test_the_fork_server_ignores_ctrl_c_from_birth_and_the_driver_keeps_it() -> None:
+    """The server shares the terminal's process group: Ctrl-C while it imports must not print its traceback."""
+    probe = textwrap.dedent(
+        """
+        import signal
+        from multiprocessing import forkserver
+        from qcmb_fractal.execute.pool import forkserver_context
+        forkserver_context(1)
+        pid = forkserver._forkserver._forkserver_pid
+        status = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status"))
+        ignored = int(status["SigIgn"], 16) >> (signal.SIGINT - 1) & 1
+        mine = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        blocked = signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        print(ignored, mine, blocked)
+        """
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert run.stdout.split() == ["1", "True", "False"], run.stderr

@@ -182,4 +182,3 @@ def _init_named_worker(config: WorkerConfig) -> None:
     die_with_parent()
     apply_worker_limits(config.memory)
     init_worker(config.model_copy(update={"name": f"local-worker-{os.getpid()}"}))
-

@@ -650,4 +650,3 @@ def init_rank_child(config: WorkerConfig) -> None:
     os.environ.clear()
     os.environ.update(clean)
     init_worker(config)
-
