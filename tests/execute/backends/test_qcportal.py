@@ -434,9 +434,9 @@ def test_a_server_missing_from_the_config_file_is_an_input_error_naming_it(tmp_p
 
 
 def test_only_connection_failures_and_server_errors_are_transient():
-    from qcmb_fractal.execute.backends.qcportal import _is_transient
-
     import requests
+
+    from qcmb_fractal.execute.backends.qcportal import _is_transient
 
     assert _is_transient(ConnectionRefusedError())
     assert _is_transient(requests.exceptions.ChunkedEncodingError("Connection broken: IncompleteRead"))
