@@ -50,8 +50,16 @@ class Job:
         )
 
     def start(self) -> subprocess.Popen:
+        """Started as a terminal starts a job: its own process group, Ctrl-C not ignored (even if this test
+        run inherited an ignored SIGINT, as under nohup or in a background job)."""
         return subprocess.Popen(
-            self.cmd, cwd=self.tmp, env=self.env, stderr=subprocess.PIPE, text=True, start_new_session=True
+            self.cmd,
+            cwd=self.tmp,
+            env=self.env,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            preexec_fn=_default_sigint,
         )
 
     def saved(self) -> int:
@@ -77,6 +85,10 @@ class Job:
         assert tagged_processes(self.tag) == [], "workers or programs outlived the run"
         assert list(self.scratch.glob(f"{SCRATCH_PREFIX}*")) == [], "scratch left behind"
         assert [p.name for p in self.tmp.glob(".*.tmp")] == [], "temporary output left behind"
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="module")

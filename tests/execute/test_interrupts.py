@@ -10,6 +10,15 @@ from qcmb_fractal.execute.interrupts import STOP_POLL, deferred_interrupts, rais
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_the_first_signal_asks_the_second_raises(signum: signal.Signals) -> None:
+    # Python's own Ctrl-C handler, as in a terminal, even where the tests run with SIGINT ignored (nohup)
+    outside = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _first_asks_second_raises(signum)
+    finally:
+        signal.signal(signal.SIGINT, outside)
+
+
+def _first_asks_second_raises(signum: signal.Signals) -> None:
     before = signal.getsignal(signum)
     with deferred_interrupts():
         raise_if_asked()  # nothing asked yet

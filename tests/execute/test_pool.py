@@ -50,6 +50,7 @@ def test_the_fork_server_ignores_ctrl_c_from_birth_and_the_driver_keeps_it() -> 
         import signal
         from multiprocessing import forkserver
         from qcmb_fractal.execute.pool import forkserver_context
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even under nohup
         forkserver_context(1)
         pid = forkserver._forkserver._forkserver_pid
         status = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status"))
