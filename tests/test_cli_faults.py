@@ -7,6 +7,7 @@ test can prove none is left running, and ``--scratch`` points into the test's di
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -157,6 +158,27 @@ def test_driver_sigkilled_alone_takes_its_workers_down(tmp_path, monkeypatch, tr
     assert job.stats()["reused"] == saved
     assert_trimer_numbers(job.output, trimer_reference)
     job.assert_nothing_left()
+
+
+@pytest.mark.slow
+@pytest.mark.nwchem
+@needs_nwchem
+def test_scratch_removed_mid_run_stops_with_a_message_and_rerun_finishes(tmp_path, trimer_reference):
+    """A cleaner of /tmp (or a user) removes the run's scratch while calculations run in it."""
+    job = Job(tmp_path, TRIMER)
+    proc = job.start()
+    job.wait_until_saved(proc, 3)
+    shutil.rmtree(next(job.scratch.glob(f"{SCRATCH_PREFIX}*")))
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2, stderr
+    assert "was removed during the run" in stderr and "Traceback" not in stderr
+    saved = job.saved()
+    job.assert_nothing_left()
+
+    rerun = job.run()
+    assert rerun.returncode == 0, rerun.stderr
+    assert job.stats()["reused"] == saved >= 3
+    assert_trimer_numbers(job.output, trimer_reference)
 
 
 def _sleeping(tag: str) -> bool:

@@ -78,7 +78,13 @@ def select_resources(
 
 def check_disk(path: str | Path, need_bytes: int) -> None:
     """Refuse to start a level when scratch cannot hold it, instead of failing tasks one by one."""
-    free = shutil.disk_usage(path).free
+    try:
+        free = shutil.disk_usage(path).free
+    except FileNotFoundError:
+        raise InputError(
+            f"scratch directory {path} was removed during the run (a cleaner of /tmp?); point --scratch at a "
+            "directory that stays and run the same command again: finished calculations are kept."
+        ) from None
     if free < need_bytes:
         raise InputError(
             f"scratch directory {path} has {free / 2**20:.0f} MiB free, {need_bytes / 2**20:.0f} MiB are "
