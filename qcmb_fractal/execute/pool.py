@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar
 import psutil
 from pebble import ProcessPool
 
-from qcmb_fractal.errors import InputError
+from qcmb_fractal.errors import InputError, RunFailed
 from qcmb_fractal.execute.resources import check_disk
 from qcmb_fractal.execute.worker import WorkerConfig, init_worker, run_fragment
 from qcmb_fractal.plan import FragmentTask
@@ -169,6 +169,9 @@ def _sigint_ignored_by_child() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
+MAX_POOL_RESTARTS = 3
+
+
 def _started() -> None:
     """A no-op task: scheduling it makes the pool spawn its workers now, not at the first real task."""
 
@@ -178,7 +181,9 @@ class WarmPool:
     ``context`` says otherwise (:func:`forkserver_context`).
 
     Pebble's pool (not ``concurrent.futures``) because it kills a task that outlives its timeout and
-    replaces a worker that dies, where the standard pool would break as a whole.
+    replaces a worker that dies in a task, where the standard pool would break as a whole. A worker that
+    dies between tasks (the OOM killer, a stray ``kill``) while no task runs still breaks pebble's pool:
+    then a new pool takes its place, at most :data:`MAX_POOL_RESTARTS` times a run.
     """
 
     def __init__(
@@ -190,16 +195,46 @@ class WarmPool:
     ) -> None:
         if config.machine is None:
             config = config.model_copy(update={"machine": machine_globals()})
-        self.pool = ProcessPool(
-            max_workers=workers,
-            context=context or multiprocessing.get_context("spawn"),
-            initializer=initializer,
-            initargs=(config,),
-        )
-        self.pool.schedule(_started)
+        self._arguments = {
+            "max_workers": workers,
+            "context": context or multiprocessing.get_context("spawn"),
+            "initializer": initializer,
+            "initargs": (config,),
+        }
+        self.restarts = 0
+        self.pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPool:
+        pool = ProcessPool(**self._arguments)
+        pool.schedule(_started)
+        return pool
 
     def schedule(self, task: FragmentTask, timeout: float | None = None) -> Future:
+        try:
+            return self.pool.schedule(run_fragment, args=(task,), timeout=timeout)
+        except RuntimeError:
+            if self.pool.active:  # refused for another reason: closed by us
+                raise
+        self._replace_broken_pool()
         return self.pool.schedule(run_fragment, args=(task,), timeout=timeout)
+
+    def _replace_broken_pool(self) -> None:
+        if self.restarts >= MAX_POOL_RESTARTS:
+            raise RunFailed(
+                f"the worker processes died {self.restarts + 1} times without a calculation to blame (killed, or "
+                "out of memory?); see the log. Finished calculations are kept: run the same command again.",
+                {},
+            )
+        self.restarts += 1
+        logger.warning(
+            "every worker died between calculations (killed, or out of memory?): starting new workers "
+            "(%d of at most %d restarts)",
+            self.restarts,
+            MAX_POOL_RESTARTS,
+        )
+        self.pool.stop()
+        self.pool.join()
+        self.pool = self._new_pool()
 
     def close(self, *, cancel: bool) -> None:
         """Stop the workers: at once (``cancel``), or after the tasks already scheduled."""

@@ -5,9 +5,11 @@ Equality with QCManyBody lives in test_local_reference.py; the SIGKILL-resume te
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,8 +17,9 @@ import pytest
 from qcmb_fractal.errors import RunFailed
 from qcmb_fractal.execute import Runner, add_backend_arguments
 from qcmb_fractal.execute.backends.local import LocalBackend
-from qcmb_fractal.execute.pool import SCRATCH_PREFIX, sweep_stale_scratch
+from qcmb_fractal.execute.pool import MAX_POOL_RESTARTS, SCRATCH_PREFIX, sweep_stale_scratch
 from qcmb_fractal.plan import Plan
+from qcmb_fractal.testing.compute_faults import fault_hang
 from qcmb_fractal.testing.molecules import water_cluster
 from qcmb_fractal.testing.programs import needs_nwchem, needs_xtb
 from qcmb_fractal.testing.reference import NWCHEM_HF, XTB_GFN2, mbe_input
@@ -72,3 +75,30 @@ def test_timeout_kills_the_calculation_and_counts_as_a_failed_attempt(tmp_path: 
     assert set(err.value.failures) == {t.label for t in plan.tasks}
     assert all("exceeded the per-task timeout" in e for e in err.value.failures.values())
     assert list(tmp_path.iterdir()) == []
+
+
+def _kill_idle_worker(backend: LocalBackend) -> None:
+    """SIGKILL the (only) worker while it runs nothing, as the OOM killer or a stray ``kill`` would."""
+    assert backend.pool is not None
+    pid = backend.pool.pool.schedule(fault_hang, args=(0,)).result(timeout=60)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while backend.pool.pool.active and time.monotonic() < deadline:  # pebble notices within 0.1 s
+        time.sleep(0.05)
+    assert not backend.pool.pool.active, "pebble's pool survived a worker that died idle: test premise gone"
+
+
+@needs_xtb
+def test_workers_that_die_between_calculations_are_replaced_a_bounded_number_of_times(tmp_path: Path) -> None:
+    plan = Plan(mbe_input(water_cluster(2), {"x": XTB_GFN2}, {2: "x"}, bsse=["nocp"]))
+    with LocalBackend(1, scratch=tmp_path) as backend:
+        backend.start(plan)
+        _kill_idle_worker(backend)
+        outcome = backend.submit(plan.tasks[0]).result(timeout=120)
+        assert outcome.success and outcome.properties is not None
+        assert backend.pool is not None and backend.pool.restarts == 1
+
+        backend.pool.restarts = MAX_POOL_RESTARTS
+        _kill_idle_worker(backend)
+        with pytest.raises(RunFailed, match="died 4 times without a calculation to blame"):
+            backend.submit(plan.tasks[1])
